@@ -1,0 +1,171 @@
+"""Model families of the paper (appendix C), a registry of them, and where their noise goes.
+
+A model is a plain ``nn.Module``; ``insert_noise`` wraps the modules named by the family's noise
+rule so that their output is multiplied by a ``LogNormalNoise``. Each noise module records the
+layer whose output structures it scales (``source``): that is where ``export`` folds ``E[theta]``
+and which layer's outputs get sliced away.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import Tensor, nn
+
+from bmrs.noise import LogNormalNoise, noise_modules
+
+ModelFactory = Callable[..., nn.Module]
+MODELS: dict[str, ModelFactory] = {}
+
+
+def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
+    def add(factory: ModelFactory) -> ModelFactory:
+        if name in MODELS:
+            raise ValueError(f"model {name!r} is registered twice")
+        MODELS[name] = factory
+        return factory
+
+    return add
+
+
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **options: int) -> nn.Module:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    return MODELS[name](input_shape, num_classes, **options)
+
+
+@register_model("mlp")
+def mlp(input_shape: tuple[int, ...], num_classes: int, *, hidden_width: int = 150, hidden_layers: int = 1) -> nn.Module:
+    """Fully connected ReLU network; the paper's Fashion-MNIST preset is 1 hidden layer of 150."""
+    if hidden_width < 1 or hidden_layers < 1:
+        raise ValueError(f"mlp needs hidden_width >= 1 and hidden_layers >= 1, got {hidden_width}, {hidden_layers}")
+    in_features = 1
+    for size in input_shape:
+        in_features *= size
+    layers: list[nn.Module] = [nn.Flatten()]
+    for _ in range(hidden_layers):
+        layers += [nn.Linear(in_features, hidden_width), nn.ReLU()]
+        in_features = hidden_width
+    layers.append(nn.Linear(in_features, num_classes))
+    return nn.Sequential(*layers)
+
+
+class LeNet5(nn.Module):
+    """LeNet5 (LeCun et al., 1998): conv 6 and 16 filters of 5x5, each ReLU + 2x2 max pool, then
+    fully connected 120 -> 84 -> classes. 28x28 inputs are padded by 2 so both 28 and 32 pixel
+    datasets reach the classic 16x5x5 feature map."""
+
+    def __init__(self, in_channels: int, image_size: int, num_classes: int) -> None:
+        super().__init__()
+        if image_size not in (28, 32):
+            raise ValueError(f"lenet5 takes 28x28 or 32x32 images, got {image_size}x{image_size}")
+        padding = 2 if image_size == 28 else 0
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 6, 5, padding=padding), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+        )  # fmt: skip
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(16 * 5 * 5, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, num_classes)
+        )  # fmt: skip
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x))
+
+
+@register_model("lenet5")
+def lenet5(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    if len(input_shape) != 3 or input_shape[1] != input_shape[2]:
+        raise ValueError(f"lenet5 takes square images shaped (channels, size, size), got {input_shape}")
+    return LeNet5(input_shape[0], input_shape[1], num_classes)
+
+
+@dataclass(frozen=True)
+class NoisePoint:
+    """Noise on the output of module ``after``, scaling the output structures of module ``source``."""
+
+    after: str
+    source: str
+    channels: int
+
+
+def _structured_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+
+
+def _out_channels(layer: nn.Module) -> int:
+    return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+
+
+def every_hidden_layer(model: nn.Module) -> list[NoisePoint]:
+    """Noise on every Linear/Conv2d output except the last layer's (its outputs are the classes)."""
+    layers = _structured_layers(model)
+    return [NoisePoint(name, name, _out_channels(layer)) for name, layer in layers[:-1]]
+
+
+def lenet5_points(model: nn.Module) -> list[NoisePoint]:
+    """Each conv filter map and each hidden fully connected neuron (paper section 5).
+
+    A conv filter's noise sits after its ReLU and max pool rather than right after the conv: a
+    positive per-channel factor commutes with both (and zero gives zero), so the model is the same
+    function while the noise multiplies a map four times smaller, which is what keeps training
+    with noise nearly as cheap as without.
+    """
+    if not isinstance(model, LeNet5):
+        raise TypeError(f"lenet5 noise points need a LeNet5, got {type(model).__name__}")
+    conv_points = [
+        NoisePoint(f"features.{index + 2}", f"features.{index}", model.features[index].out_channels)
+        for index in (0, 3)
+    ]
+    fc_points = [point for point in every_hidden_layer(model) if point.source.startswith("classifier")]
+    return conv_points + fc_points
+
+
+NOISE_RULES: dict[str, Callable[[nn.Module], list[NoisePoint]]] = {
+    "mlp": every_hidden_layer,
+    "lenet5": lenet5_points,
+}
+
+
+class Noised(nn.Module):
+    """``noise(inner(x))``: the wrapper ``insert_noise`` puts in place of a module."""
+
+    def __init__(self, inner: nn.Module, noise: LogNormalNoise) -> None:
+        super().__init__()
+        self.inner = inner
+        self.noise = noise
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.noise(self.inner(x))
+
+
+def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent_path, _, child = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, child, module)
+
+
+def insert_noise(model: nn.Module, points: list[NoisePoint], **noise_options: float) -> nn.Module:
+    """Wrap every ``point.after`` with a fresh ``LogNormalNoise`` (in place); returns ``model``.
+
+    ``noise_options`` go to ``LogNormalNoise`` (``init_mu``, ``init_log_sigma``, ``log_a``, ``log_b``).
+    """
+    sources: dict[int, nn.Module] = {}
+    for point in points:
+        sources[id(model.get_submodule(point.after))] = model.get_submodule(point.source)
+        noise = LogNormalNoise(point.channels, **noise_options)
+        _set_submodule(model, point.after, Noised(model.get_submodule(point.after), noise))
+    paths = {id(module): name for name, module in model.named_modules()}
+    for wrapper in (m for m in model.modules() if isinstance(m, Noised)):
+        wrapper.noise.source = paths[id(sources[id(wrapper.inner)])]
+    return model
+
+
+def noise_points_for(model_name: str, model: nn.Module) -> list[NoisePoint]:
+    rule = NOISE_RULES.get(model_name, every_hidden_layer)
+    return rule(model)
+
+
+__all__ = [
+    "MODELS", "NOISE_RULES", "LeNet5", "NoisePoint", "Noised", "build_model", "every_hidden_layer",
+    "insert_noise", "lenet5_points", "noise_modules", "noise_points_for", "register_model",
+]  # fmt: skip

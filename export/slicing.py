@@ -1,0 +1,190 @@
+"""Physically remove pruned structures, and measure what that saves.
+
+Masking a structure leaves its weights in the tensors; slicing deletes them, together with every
+parameter that only existed to consume them (the next layer's input columns, including the
+channel-major blocks a ``Flatten`` spreads one conv channel over). torch-pruning's
+``DependencyGraph`` traces the model once and finds those coupled parameters for us.
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch_pruning as tp
+from torch import Tensor, nn
+
+from export.fold import fold_noise
+
+SLICEABLE_LAYERS = (nn.Linear, nn.Conv2d)
+
+
+@dataclass(frozen=True)
+class SliceResult:
+    """A sliced plain model and its size before and after.
+
+    ``*_flops`` are in torch-pruning's unit, multiply-accumulates (MACs) per example: see
+    ``count_flops``. ``compression`` is ``1 - pruned_params / dense_params``. ``widths`` maps each
+    Linear/Conv2d path to its surviving output count.
+    """
+
+    model: nn.Module
+    dense_params: int
+    pruned_params: int
+    dense_flops: int
+    pruned_flops: int
+    compression: float
+    widths: dict[str, int]
+
+
+def slice_model(noisy_model: nn.Module, example_input: Tensor) -> SliceResult:
+    """Fold ``noisy_model``'s noise (``fold_noise``) and slice away its pruned structures.
+
+    A layer whose structures were all pruned keeps one: torch-pruning cannot make a zero-width
+    layer, and the kept structure's folded row and bias are exactly zero, so the function (a
+    constant downstream) is unchanged. A warning names such layers.
+    """
+    dense, keep = fold_noise(noisy_model)
+    keep = dict(keep)
+    for path, mask in keep.items():
+        if not bool(mask.any()):
+            warnings.warn(
+                f"every structure of {path!r} is pruned, so the network's output no longer depends on "
+                "its input; one all-zero structure is kept to keep the layer well-formed",
+                stacklevel=2,
+            )
+            keep[path] = mask.clone()
+            keep[path][0] = True
+    sliced = slice_(dense, keep, example_input)
+    dense_params, pruned_params = count_params(dense), count_params(sliced)
+    return SliceResult(
+        model=sliced,
+        dense_params=dense_params,
+        pruned_params=pruned_params,
+        dense_flops=count_flops(dense, example_input),
+        pruned_flops=count_flops(sliced, example_input),
+        compression=1.0 - pruned_params / dense_params,
+        widths=surviving_widths(sliced),
+    )
+
+
+def slice_(model: nn.Module, keep: Mapping[str, Tensor], example_input: Tensor) -> nn.Module:
+    """Return a copy of ``model`` with the output structures where ``keep[path]`` is False removed.
+
+    ``keep`` maps Linear/Conv2d paths to bool masks over their outputs (as ``fold_noise`` returns);
+    layers not named keep every output. Downstream input channels are removed with them, so the
+    copy computes the same function as ``model`` with those outputs zeroed. ``example_input`` is a
+    batch the model accepts; it is only used to trace the dependency graph. ``model`` is untouched.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"slice_ takes an nn.Module, got {type(model).__name__}")
+    if not isinstance(example_input, Tensor):
+        raise TypeError(f"example_input must be a Tensor batch, got {type(example_input).__name__}")
+    if not isinstance(keep, Mapping):
+        raise TypeError(f"keep must map layer paths to bool masks, got {type(keep).__name__}")
+    sliced = copy.deepcopy(model)
+    layers = {path: _check_mask(sliced, path, mask) for path, mask in keep.items()}
+    # Layers whose every output survives need no group; masks are in the layer's original indexing,
+    # which stays valid because each layer's outputs are removed exactly once.
+    plan = {path: (layers[path], _drop_indices(mask)) for path, mask in keep.items() if not bool(mask.all())}
+    if not plan:
+        return sliced
+
+    was_training = sliced.training
+    frozen = {name for name, parameter in sliced.named_parameters() if not parameter.requires_grad}
+    # The graph is traced through autograd: parameters must require grad and grad must be on.
+    for parameter in sliced.parameters():
+        parameter.requires_grad_(True)
+    sliced.eval()
+    with torch.enable_grad():
+        graph = tp.DependencyGraph().build_dependency(sliced, example_inputs=example_input, verbose=False)
+    targets = {id(layer): path for path, (layer, _) in plan.items()}
+    for path, (layer, drop) in plan.items():
+        prune_fn = tp.prune_linear_out_channels if isinstance(layer, nn.Linear) else tp.prune_conv_out_channels
+        group = graph.get_pruning_group(layer, prune_fn, drop)
+        for dep, _ in group:
+            other = targets.get(id(dep.target.module))
+            if other not in (None, path) and graph.is_out_channel_pruning_fn(dep.handler):
+                raise ValueError(
+                    f"the outputs of {path!r} and {other!r} are coupled (e.g. summed by a residual), so "
+                    "they must be pruned with one shared mask; give both layers the same keep mask "
+                    "under one of their paths"
+                )
+        group.prune()
+    sliced.train(was_training)
+    # Pruning replaces parameters by new ones, so the caller's frozen flags are restored by name.
+    for name, parameter in sliced.named_parameters():
+        parameter.requires_grad_(name not in frozen)
+
+    for path, (layer, drop) in plan.items():
+        expected = int(keep[path].numel()) - len(drop)
+        if _width(layer) != expected:
+            raise RuntimeError(f"slicing left {path!r} with {_width(layer)} outputs instead of {expected}")
+    return sliced
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameter elements (buffers such as noise masks are not parameters)."""
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+def count_flops(model: nn.Module, example_input: Tensor) -> int:
+    """Cost of one example in torch-pruning's unit: multiply-accumulates (MACs).
+
+    A Linear/Conv2d costs one MAC per weight use plus one op per bias add; ReLU and pooling cost one
+    op per element; other modules count zero. Pruning papers usually call this number "FLOPs"; a
+    strict floating-point-operation count is about twice it. Only the first example of
+    ``example_input`` is run: torch-pruning counts a Linear's bias once per batch, not per example,
+    so a larger batch would make the per-example figure depend on the batch size.
+    """
+    if not isinstance(example_input, Tensor) or example_input.dim() < 1 or example_input.shape[0] < 1:
+        raise ValueError(f"example_input must be a non-empty batch tensor, got {example_input!r:.80}")
+    with torch.no_grad():
+        macs, _ = tp.utils.count_ops_and_params(model, example_input[:1])
+    return int(macs)
+
+
+def parameter_compression(noisy_model: nn.Module, example_input: Tensor) -> float:
+    """``1 - params(sliced) / params(dense)``, dense being the folded model before slicing.
+
+    Noise parameters (mu, log sigma) count in neither: they do not exist after folding.
+    """
+    return slice_model(noisy_model, example_input).compression
+
+
+def surviving_widths(model: nn.Module) -> dict[str, int]:
+    """Output features of every Linear and output channels of every Conv2d, by module path."""
+    return {path: _width(module) for path, module in model.named_modules() if isinstance(module, SLICEABLE_LAYERS)}
+
+
+def _width(layer: nn.Module) -> int:
+    return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+
+
+def _check_mask(model: nn.Module, path: str, mask: Tensor) -> nn.Module:
+    try:
+        layer = model.get_submodule(path)
+    except AttributeError as error:
+        known = sorted(surviving_widths(model))
+        raise ValueError(f"keep names {path!r}, which is not a module of the model; layers are {known}") from error
+    if not isinstance(layer, SLICEABLE_LAYERS):
+        raise TypeError(f"keep names {path!r}, a {type(layer).__name__}; only Linear and Conv2d outputs can be sliced")
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+        raise TypeError(f"keep[{path!r}] must be a bool tensor (True = keep), got {getattr(mask, 'dtype', type(mask))}")
+    if tuple(mask.shape) != (_width(layer),):
+        raise ValueError(
+            f"keep[{path!r}] has shape {tuple(mask.shape)} but the layer has {_width(layer)} outputs; "
+            "pass one bool per output structure"
+        )
+    if not bool(mask.any()):
+        raise ValueError(
+            f"keep[{path!r}] removes every output of the layer; keep at least one (slice_model keeps an "
+            "all-zero structure for a fully pruned layer)"
+        )
+    return layer
+
+
+def _drop_indices(mask: Tensor) -> list[int]:
+    return torch.nonzero(~mask.cpu(), as_tuple=False).flatten().tolist()

@@ -1,0 +1,77 @@
+"""``bmrs`` command line: ``bmrs run [flows.yaml] --flow NAME [--set key=value ...]``."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+
+
+def _prefect_environment() -> None:
+    """Offline, private Prefect: the ephemeral local server, no analytics, its own home folder."""
+    os.environ.setdefault("PREFECT_HOME", str(Path.home() / ".cache" / "bmrs" / "prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE", "true")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bmrs", description="Compress a model with BMRS and export it to ONNX.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run a named flow from flows.yaml")
+    run.add_argument("flows", nargs="?", default="flows.yaml", help="path of flows.yaml (default: ./flows.yaml)")
+    run.add_argument("--flow", default="default", help="name of the flow in flows.yaml (default: default)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override any setting, e.g. --set train.epochs=3 --set data.root=/data/fmnist")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def _fail(message: str) -> int:
+    print(f"bmrs: error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from bmrs.checkpoint import CheckpointError
+    from bmrs.data import DatasetNotFoundError
+    from bmrs.train import TrainingDivergedError
+    from pipeline.config import ConfigError, load_flow
+
+    overrides = args.overrides + (["train.progress=false"] if args.no_progress else [])
+    try:
+        config = load_flow(args.flows, args.flow, overrides)
+    except ConfigError as error:
+        return _fail(str(error))
+    from pipeline import steps
+
+    try:
+        steps.load_data(config)  # fail on a missing dataset before a run directory exists
+    except (DatasetNotFoundError, ValueError) as error:
+        return _fail(str(error))
+
+    _prefect_environment()
+    from pipeline.flow import compress_flow
+
+    run_dir = steps.new_run_dir(config)
+    print(f"bmrs: flow {config.name!r} ({config.model.name} on {config.data.dataset}, method {config.method}) -> {run_dir}")
+    try:
+        report = compress_flow(config, run_dir)
+    except (CheckpointError, DatasetNotFoundError, TrainingDivergedError, ValueError) as error:
+        steps.set_status(run_dir, "failed", str(error))
+        print(f"bmrs: finished stages are kept in {run_dir}; no report was written", file=sys.stderr)
+        return _fail(str(error))
+    except BaseException as error:
+        steps.set_status(run_dir, "failed", f"{type(error).__name__}: {error}")
+        print(f"bmrs: run failed; finished stages are kept in {run_dir}; no report was written", file=sys.stderr)
+        raise
+    print(f"bmrs: wrote {report}")
+    print(f"bmrs: ONNX model {run_dir / 'model.onnx'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

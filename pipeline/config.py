@@ -1,0 +1,253 @@
+"""``flows.yaml`` -> one frozen, typed ``FlowConfig`` per named flow.
+
+Sections reuse the libraries' own config types where they exist (``TrainConfig``, ``OnnxConfig``,
+``LatencyConfig``), so a setting is declared once. Every field, at any depth, is reachable from the
+command line as ``--set section.field=value`` (values are YAML: ``--set train.epochs=3``,
+``--set latency.batch_sizes=[1,64]``). Every bad input raises ``ConfigError`` naming the key and the fix.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from benchmarks.latency import LatencyConfig
+from bmrs.criteria import CRITERIA, criterion_settings
+from bmrs.data import DATASETS, DEFAULT_ROOTS
+from bmrs.models import MODELS
+from bmrs.train import TrainConfig
+from export.onnx_export import OnnxConfig
+
+NO_PRUNING = "none"
+
+
+class ConfigError(ValueError):
+    """flows.yaml or a --set override is malformed or names something that does not exist."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "fashion_mnist"
+    root: str | None = None  # None: the dataset's default root (Fashion-MNIST: Debian's package)
+    val_fraction: float = 0.2
+    seed: int = 0
+    cache_dir: str | None = None
+
+    def resolved_root(self) -> str:
+        return self.root if self.root is not None else DEFAULT_ROOTS[self.dataset]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "lenet5"
+    hidden_width: int = 150  # mlp only
+    hidden_layers: int = 1  # mlp only
+
+    def options(self) -> dict[str, int]:
+        return {"hidden_width": self.hidden_width, "hidden_layers": self.hidden_layers} if self.name == "mlp" else {}
+
+
+@dataclass(frozen=True)
+class NoiseConfig:
+    init_mu: float = 0.0
+    init_log_sigma: float = -5.0
+    log_a: float = -20.0
+    log_b: float = 0.0
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    """The paper's "None" model (no noise, no pruning) trained on the same budget, as the dense reference."""
+
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    runs_dir: str = "runs"
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    name: str
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    export: OnnxConfig = field(default_factory=OnnxConfig)
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    @property
+    def method(self) -> str:
+        return self.train.criterion or NO_PRUNING
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(self)
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _convert(value: Any, hint: Any, path: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _convert(value, option, path)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0])
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, path)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        for member in hint:
+            if value == member.value or (isinstance(value, str) and value.lower() == member.name.lower()):
+                return member
+        raise ConfigError(f"{path}: {value!r} is not one of {[m.value for m in hint]}")
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        (item_hint, *_rest) = typing.get_args(hint)
+        return tuple(_convert(v, item_hint, f"{path}[{i}]") for i, v in enumerate(value))
+    if origin is dict or hint is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return dict(value)
+    return value
+
+
+def _build(cls: type, mapping: Any, path: str) -> Any:
+    if mapping is None:
+        mapping = {}
+    if not isinstance(mapping, Mapping):
+        raise ConfigError(f"{path}: expected a mapping of settings, got {mapping!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(mapping) - set(fields))
+    if unknown:
+        raise ConfigError(f"{path}.{unknown[0]}: unknown setting; valid settings of {path} are {sorted(fields)}")
+    values = {name: _convert(value, hints[name], f"{path}.{name}") for name, value in mapping.items()}
+    try:
+        return cls(**values)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"{path}: {error}") from error
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: {key!r} is a value, not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_overrides(pairs: list[str]) -> list[tuple[str, Any]]:
+    overrides = []
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {pair!r}: expected key=value, e.g. --set train.epochs=3")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"--set {pair!r}: the value is not valid YAML ({error.problem})") from error
+        overrides.append((key.strip(), value))
+    return overrides
+
+
+def read_flows(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such flows file; pass the path of flows.yaml (the repo ships one)")
+    try:
+        document = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error}); fix the syntax at the position shown") from error
+    if not isinstance(document, Mapping) or not isinstance(document.get("flows"), Mapping) or not document["flows"]:
+        raise ConfigError(f"{path}: expected a top-level 'flows:' mapping of flow names to settings")
+    return dict(document["flows"])
+
+
+def load_flow(path: str | Path, name: str, overrides: list[str] | None = None) -> FlowConfig:
+    flows = read_flows(path)
+    if name not in flows:
+        raise ConfigError(f"unknown flow {name!r} in {path}; choose one of {sorted(flows)}")
+    tree = _deepcopy(flows[name] or {})
+    if not isinstance(tree, dict):
+        raise ConfigError(f"flow {name!r} in {path}: expected a mapping of sections, got {tree!r}")
+    for key, value in parse_overrides(overrides or []):
+        _set_dotted(tree, key, value)
+    train = tree.get("train")
+    if isinstance(train, dict) and isinstance(train.get("criterion"), str) and train["criterion"].lower() == NO_PRUNING:
+        train["criterion"] = None  # the paper's "None" method: no noise layers, no pruning
+    tree["name"] = name
+    config = _build(FlowConfig, tree, name)
+    _validate_names(config)
+    return config
+
+
+def _deepcopy(tree: Any) -> Any:
+    if isinstance(tree, Mapping):
+        return {k: _deepcopy(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_deepcopy(v) for v in tree]
+    return tree
+
+
+def _validate_names(config: FlowConfig) -> None:
+    if config.data.dataset not in DATASETS:
+        raise ConfigError(f"{config.name}.data.dataset: unknown dataset {config.data.dataset!r}; choose one of {sorted(DATASETS)}")
+    if config.model.name not in MODELS:
+        raise ConfigError(f"{config.name}.model.name: unknown model {config.model.name!r}; choose one of {sorted(MODELS)}")
+    criterion = config.train.criterion
+    if criterion is not None and criterion not in CRITERIA:
+        choices = sorted(CRITERIA) + [NO_PRUNING]
+        raise ConfigError(f"{config.name}.train.criterion: unknown method {criterion!r}; choose one of {choices}")
+    if criterion is not None:
+        allowed = criterion_settings(criterion)
+        unknown = sorted(set(config.train.criterion_settings) - set(allowed))
+        if unknown:
+            raise ConfigError(
+                f"{config.name}.train.criterion_settings.{unknown[0]}: {criterion} has no such setting; "
+                f"its settings are {sorted(allowed)}"
+            )

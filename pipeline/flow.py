@@ -1,0 +1,37 @@
+"""The compression flow: Prefect tasks that call ``pipeline.steps`` and nothing else.
+
+    train (method) ─┐
+    train (dense) ──┼─> compress (fold, slice, ONNX + parity) ─> latency (ORT) ─> report.json
+                    └─> dense reference (ONNX + parity) ──────────┘
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from pipeline import steps
+from pipeline.config import FlowConfig
+
+# Models and datasets are not hashable inputs; every stage writes its result into the run directory.
+stage = task(cache_policy=NO_CACHE, persist_result=False)
+
+train_task = stage(steps.train_stage, name="train")
+compress_task = stage(steps.compress_stage, name="compress")
+dense_task = stage(steps.dense_stage, name="dense-reference")
+latency_task = stage(steps.latency_stage, name="latency")
+report_task = stage(steps.report_stage, name="report")
+
+
+@flow(name="bmrs-compress", persist_result=False, log_prints=True)
+def compress_flow(config: FlowConfig, run_dir: Path) -> Path:
+    started = time.perf_counter()
+    data = steps.load_data(config)
+    pruned_checkpoint = train_task(config, data, run_dir, baseline=False)
+    dense_checkpoint = train_task(config, data, run_dir, baseline=True) if config.baseline.enabled else None
+    pruned = compress_task(config, data, run_dir, pruned_checkpoint)
+    dense = dense_task(config, data, run_dir, dense_checkpoint)
+    latency = latency_task(config, data, run_dir)
+    return report_task(config, run_dir, dense, pruned, latency, time.perf_counter() - started)

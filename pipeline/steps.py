@@ -1,0 +1,200 @@
+"""The flow's stages as plain functions over a run directory (no Prefect here, so each is testable).
+
+Run directory layout, ``runs/<flow>/<run-id>/``::
+
+    config.json          the resolved FlowConfig
+    status.json          running | failed (with the error) | completed
+    train/               checkpoint.pt (every epoch) and history.json of the pruned model
+    baseline/            the same for the dense "None" model
+    model.onnx           the sliced model;  dense.onnx: the dense reference
+    bench/latency.json   ORT latencies
+    report.json          written last: its presence means the run completed
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from benchmarks.latency import measure_latency
+from bmrs.checkpoint import load_checkpoint
+from bmrs.data import DataBundle, load_dataset
+from bmrs.models import build_model, insert_noise, noise_points_for
+from bmrs.noise_bank import attach_noise_bank
+from bmrs.train import TrainConfig, evaluate, train_
+from export.onnx_export import export_onnx
+from export.slicing import count_flops, count_params, parameter_compression, slice_model
+from pipeline.config import FlowConfig
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Atomic JSON write; ``allow_nan=False`` because artifacts must never carry NaN or inf."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(payload, indent=2, allow_nan=False))
+    os.replace(partial, path)
+
+
+def new_run_dir(config: FlowConfig) -> Path:
+    run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+    run_dir = Path(config.output.runs_dir) / config.name / run_id
+    run_dir.mkdir(parents=True, exist_ok=False)
+    write_json(run_dir / "config.json", config.to_dict())
+    set_status(run_dir, "running")
+    return run_dir
+
+
+def set_status(run_dir: Path, state: str, error: str | None = None) -> None:
+    write_json(run_dir / "status.json", {"state": state, "error": error, "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+
+def load_data(config: FlowConfig) -> DataBundle:
+    return load_dataset(
+        config.data.dataset,
+        config.data.resolved_root(),
+        val_fraction=config.data.val_fraction,
+        seed=config.data.seed,
+        cache_dir=config.data.cache_dir,
+    )
+
+
+def build(config: FlowConfig, data: DataBundle, *, noisy: bool) -> nn.Module:
+    """The model, with noise layers at the family's noise points when ``noisy``."""
+    torch.manual_seed(config.train.seed)
+    model = build_model(config.model.name, data.input_shape, data.num_classes, **config.model.options())
+    if noisy:
+        noise = config.noise
+        insert_noise(
+            model,
+            noise_points_for(config.model.name, model),
+            init_mu=noise.init_mu,
+            init_log_sigma=noise.init_log_sigma,
+            log_a=noise.log_a,
+            log_b=noise.log_b,
+        )
+        attach_noise_bank(model)
+    return model
+
+
+def example_input(data: DataBundle, batch: int = 2) -> torch.Tensor:
+    return data.test.images[:batch]
+
+
+def train_stage(config: FlowConfig, data: DataBundle, run_dir: Path, *, baseline: bool) -> Path:
+    """Train (the pruned method, or the dense baseline); returns the checkpoint path."""
+    folder = run_dir / ("baseline" if baseline else "train")
+    train_config: TrainConfig = replace(config.train, criterion=None) if baseline else config.train
+    noisy = not baseline and config.train.criterion is not None
+    model = build(config, data, noisy=noisy)
+    sample = example_input(data)
+    measure = (lambda m: parameter_compression(m, sample)) if noisy else (lambda m: 0.0)
+    result = train_(model, data, train_config, compression=measure, checkpoint_path=folder / "checkpoint.pt")
+    write_json(folder / "history.json", result.as_dict())
+    return folder / "checkpoint.pt"
+
+
+def restore(config: FlowConfig, data: DataBundle, checkpoint: Path, *, noisy: bool) -> nn.Module:
+    model = build(config, data, noisy=noisy)
+    load_checkpoint(checkpoint, model)
+    return model.eval()
+
+
+def _test_metrics(model: nn.Module, data: DataBundle) -> dict[str, float]:
+    accuracy, nll = evaluate(model, data.test)
+    return {"accuracy": accuracy, "nll": nll}
+
+
+def compress_stage(config: FlowConfig, data: DataBundle, run_dir: Path, checkpoint: Path) -> dict[str, Any]:
+    """Fold the noise, slice the pruned structures away, export and verify ``model.onnx``."""
+    noisy = config.train.criterion is not None
+    model = restore(config, data, checkpoint, noisy=noisy)
+    sample = example_input(data)
+    masked = _test_metrics(model, data)
+    sliced = slice_model(model, sample)
+    pruned = _test_metrics(sliced.model, data)
+    onnx = export_onnx(sliced.model, sample, run_dir / "model.onnx", config.export)
+    return {
+        "params": sliced.pruned_params,
+        "flops": sliced.pruned_flops,
+        **pruned,
+        "masked_accuracy": masked["accuracy"],
+        "compression": sliced.compression,
+        "widths": sliced.widths,
+        "unpruned_params": sliced.dense_params,
+        "onnx": {"path": str(onnx.path), "max_abs_diff": onnx.max_abs_diff, "bytes": onnx.file_bytes},
+    }
+
+
+def dense_stage(config: FlowConfig, data: DataBundle, run_dir: Path, checkpoint: Path | None) -> dict[str, Any]:
+    """The dense reference: the trained baseline, or (without one) the untrained architecture's size only."""
+    sample = example_input(data)
+    if checkpoint is None:
+        model = build(config, data, noisy=False).eval()
+        metrics: dict[str, Any] = {"accuracy": None, "nll": None}
+    else:
+        model = restore(config, data, checkpoint, noisy=False)
+        metrics = _test_metrics(model, data)
+    onnx = export_onnx(model, sample, run_dir / "dense.onnx", config.export)
+    return {
+        "params": count_params(model),
+        "flops": count_flops(model, sample),
+        **metrics,
+        "onnx": {"path": str(onnx.path), "max_abs_diff": onnx.max_abs_diff, "bytes": onnx.file_bytes},
+    }
+
+
+def latency_stage(config: FlowConfig, data: DataBundle, run_dir: Path) -> dict[str, Any]:
+    report = measure_latency(
+        {"dense": run_dir / "dense.onnx", "pruned": run_dir / "model.onnx"}, data.input_shape, config.latency
+    ).to_dict()
+    write_json(run_dir / "bench" / "latency.json", report)
+    summary: dict[str, Any] = {}
+    for provider, by_batch in report["by_provider"].items():
+        summary[provider] = {
+            batch: {
+                "dense_p50_ms": row["dense"]["p50_ms"],
+                "pruned_p50_ms": row["pruned"]["p50_ms"],
+                "dense_p90_ms": row["dense"]["p90_ms"],
+                "pruned_p90_ms": row["pruned"]["p90_ms"],
+                "dense_p99_ms": row["dense"]["p99_ms"],
+                "pruned_p99_ms": row["pruned"]["p99_ms"],
+                "speedup_p50": row.get("speedup_p50"),
+            }
+            for batch, row in by_batch.items()
+        }
+    return summary
+
+
+def report_stage(
+    config: FlowConfig,
+    run_dir: Path,
+    dense: dict[str, Any],
+    pruned: dict[str, Any],
+    latency: dict[str, Any],
+    seconds: float,
+) -> Path:
+    pruned_onnx = pruned.pop("onnx")
+    report = {
+        "flow": config.name,
+        "run_dir": str(run_dir),
+        "dataset": config.data.dataset,
+        "model": config.model.name,
+        "method": config.method,
+        "settings": {"criterion_settings": config.train.criterion_settings, "kl_weighting": config.train.kl_weighting.value},
+        "dense": dense,
+        "pruned": pruned,
+        "onnx": pruned_onnx,
+        "latency": latency,
+        "wall_seconds": seconds,
+        "torch_version": torch.__version__,
+    }
+    write_json(run_dir / "report.json", report)
+    set_status(run_dir, "completed")
+    return run_dir / "report.json"

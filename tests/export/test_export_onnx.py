@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from export.onnx_export import OnnxConfig, OnnxParityError, OnnxResult, export_onnx
+from export.slicing import slice_model
+from export_cases import make_noisy
+
+PARITY_TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module", params=["lenet5", "mlp3"])
+def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, OnnxResult]:
+    case = make_noisy(request.param)
+    sliced = slice_model(case.model, case.x[:2]).model
+    path = tmp_path_factory.mktemp("onnx") / f"{request.param}.onnx"
+    # Traced with a batch of 3; checked at 1 and 256, which the exporter never saw.
+    result = export_onnx(sliced, case.x[:3], path, OnnxConfig(check_batch_sizes=(1, 256)))
+    return sliced, result
+
+
+def test_export_writes_a_checked_file_with_the_named_batch_axis(exported: tuple[nn.Module, OnnxResult]) -> None:
+    _, result = exported
+    assert result.path.is_file()
+    assert result.file_bytes == result.path.stat().st_size > 0
+    assert (result.opset, result.input_name, result.output_name) == (18, "input", "logits")
+    assert result.checked_batch_sizes == (1, 256)
+    assert 0.0 <= result.max_abs_diff <= PARITY_TOLERANCE
+    proto = onnx.load(str(result.path))
+    onnx.checker.check_model(proto, full_check=True)
+    batch_axis = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_axis.dim_param and not batch_axis.HasField("dim_value")
+    # One self-contained file: no external-data side file next to it.
+    assert sorted(p.name for p in result.path.parent.iterdir()) == [result.path.name]
+
+
+@pytest.mark.parametrize("batch", [1, 5, 256])
+def test_onnxruntime_matches_pytorch_at_untraced_batch_sizes(
+    exported: tuple[nn.Module, OnnxResult], batch: int
+) -> None:
+    model, result = exported
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    x = torch.randn(batch, 1, 28, 28, generator=torch.Generator().manual_seed(batch))
+    (actual,) = session.run(["logits"], {"input": x.numpy()})
+    with torch.no_grad():
+        expected = model.eval()(x).numpy()
+    assert actual.shape == (batch, 10)
+    assert float(np.max(np.abs(actual - expected))) <= PARITY_TOLERANCE
+
+
+def test_failed_parity_raises_and_leaves_no_file(tmp_path: Path) -> None:
+    case = make_noisy("lenet5")
+    sliced = slice_model(case.model, case.x[:2]).model
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"stale export from an earlier run")
+    with pytest.raises(OnnxParityError, match="tolerance 1e-12"):
+        export_onnx(sliced, case.x[:2], path, OnnxConfig(tolerance=1e-12, check_batch_sizes=(64,)))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_torchscript_exporter_fallback(tmp_path: Path) -> None:
+    case = make_noisy("mlp1")
+    sliced = slice_model(case.model, case.x[:2]).model
+    with pytest.warns(DeprecationWarning):
+        config = OnnxConfig(dynamo=False, check_batch_sizes=(1, 9))
+        result = export_onnx(sliced, case.x[:1], tmp_path / "m.onnx", config)
+    assert result.max_abs_diff <= PARITY_TOLERANCE
+
+
+def test_export_refuses_a_model_that_still_has_noise(tmp_path: Path) -> None:
+    case = make_noisy("mlp1")
+    with pytest.raises(ValueError, match="fold_noise"):
+        export_onnx(case.model, case.x[:2], tmp_path / "m.onnx", OnnxConfig())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_restores_training_mode(tmp_path: Path) -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2)).train()
+    export_onnx(model, torch.randn(2, 4), tmp_path / "m.onnx", OnnxConfig(check_batch_sizes=(3,)))
+    assert model.training
+
+
+def test_export_always_checks_a_batch_size_it_did_not_trace(tmp_path: Path) -> None:
+    model = nn.Sequential(nn.Linear(4, 2))
+    result = export_onnx(model, torch.randn(7, 4), tmp_path / "m.onnx", OnnxConfig(check_batch_sizes=(7,)))
+    assert result.checked_batch_sizes == (7, 8)
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"opset": 17}, ValueError, "opset >= 18"),
+        ({"opset": 18.0}, TypeError, "opset"),
+        ({"tolerance": -1.0}, ValueError, "tolerance"),
+        ({"tolerance": float("nan")}, ValueError, "tolerance"),
+        ({"check_batch_sizes": ()}, ValueError, "check_batch_sizes"),
+        ({"check_batch_sizes": (1, 0)}, ValueError, "check_batch_sizes"),
+        ({"check_batch_sizes": 8}, TypeError, "check_batch_sizes"),
+        ({"dynamo": "yes"}, TypeError, "dynamo"),
+    ],
+)
+def test_config_rejects_bad_values(options: dict, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        OnnxConfig(**options)
+
+
+def test_config_stores_batch_sizes_as_a_tuple() -> None:
+    assert OnnxConfig(check_batch_sizes=[2, 3]).check_batch_sizes == (2, 3)  # type: ignore[arg-type]
+    assert OnnxConfig(opset=13, dynamo=False).opset == 13
