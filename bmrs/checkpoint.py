@@ -41,11 +41,23 @@ def load_checkpoint(path: Path, model: nn.Module) -> dict[str, Any]:
             f"checkpoint {str(path)!r} is corrupt or not a bmrs checkpoint ({type(error).__name__}: {error}); "
             "delete it and re-run the stage that writes it"
         ) from error
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
+    mismatch = _mismatch(model.state_dict(), state)
+    if mismatch:
+        # Checked before loading: load_state_dict copies matching tensors before it raises.
         raise CheckpointError(
-            f"checkpoint {str(path)!r} does not fit this model ({error}); it was written for another "
+            f"checkpoint {str(path)!r} does not fit this model ({mismatch}); it was written for another "
             "model or config: use the config it was trained with, or retrain"
-        ) from error
+        )
+    model.load_state_dict(state)
     return meta
+
+
+def _mismatch(expected: dict[str, Any], found: dict[str, Any]) -> str | None:
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    if missing or unexpected:
+        return f"missing {missing[:3]}, unexpected {unexpected[:3]}"
+    for key, tensor in expected.items():
+        if not isinstance(found[key], torch.Tensor) or found[key].shape != tensor.shape:
+            return f"{key}: expected shape {tuple(tensor.shape)}, found {getattr(found[key], 'shape', type(found[key]))}"
+    return None

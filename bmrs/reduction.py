@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor
 
-from bmrs.truncnorm import LOG_SQRT_2PI, log_normal_mass, log_partition
+from bmrs.truncnorm import LOG_SQRT_2PI, log_normal_mass, log_normal_pdf, log_partition, log_scaled_upper_mass
 
 PAPER_LOG_A = -20.0
 PAPER_LOG_B = 0.0
@@ -27,6 +27,43 @@ def _as_tensor(value: Tensor | float, like: Tensor) -> Tensor:
     return torch.as_tensor(value, dtype=like.dtype, device=like.device)
 
 
+def _log_density_at_lower_bound(mu: Tensor, var: Tensor, log_a: float, log_b: float) -> Tensor:
+    """log of the truncated normal's density at ``phi = log_a``.
+
+    With the mean below the bound (``alpha >= 0``) it is ``-log sigma - log S(alpha, beta)``, which stays
+    moderate where ``-alpha^2/2 - log Z`` would subtract two numbers near ``alpha^2 / 2``."""
+    sigma = torch.sqrt(var)
+    alpha, beta = (log_a - mu) / sigma, (log_b - mu) / sigma
+    upper = alpha >= 0
+    tail = -torch.log(sigma) - log_scaled_upper_mass(torch.where(upper, alpha, 0.0), torch.where(upper, beta, 1.0))
+    direct = log_normal_pdf(alpha) - torch.log(sigma) - log_normal_mass(alpha, beta)
+    return torch.where(upper, tail, direct)
+
+
+def _delta_f_at_lower_bound(
+    mu: Tensor, var: Tensor, mu_p: Tensor, var_p: Tensor, log_a: float, log_b: float
+) -> Tensor:
+    """``dF`` when the product ``q p~`` is concentrated at ``log_a``: anchored there.
+
+    ``q(phi) p~(phi) = q(a) p~(a) exp(-A s^2 - B s)`` with ``s = phi - log a``, ``A = 1 / (2 v~)`` and
+    ``B = (log a - mu)/v + (log a - mu_p)/v_p``; its integral over ``[0, log b - log a]`` is
+    ``sigma~ S(sigma~ B, sigma~ B + W / sigma~)``."""
+    var_reduced = var * var_p / (var + var_p)
+    sigma_reduced = torch.sqrt(var_reduced)
+    alpha_reduced = sigma_reduced * ((log_a - mu) / var + (log_a - mu_p) / var_p)
+    beta_reduced = alpha_reduced + (log_b - log_a) / sigma_reduced
+    upper = alpha_reduced >= 0
+    log_integral = torch.log(sigma_reduced) + log_scaled_upper_mass(
+        torch.where(upper, alpha_reduced, 0.0), torch.where(upper, beta_reduced, 1.0)
+    )
+    return (
+        math.log(log_b - log_a)
+        + _log_density_at_lower_bound(mu, var, log_a, log_b)
+        + _log_density_at_lower_bound(mu_p, var_p, log_a, log_b)
+        + log_integral
+    )
+
+
 def delta_f_lognormal(
     mu: Tensor,
     sigma: Tensor,
@@ -38,11 +75,13 @@ def delta_f_lognormal(
 ) -> Tensor:
     """BMRS_N: ``dF`` for a truncated log-normal reduced prior ``(mu_p, sigma_p^2)`` (paper eq. 8).
 
-    Eq. 8 as printed subtracts numbers near ``mu_p^2 / sigma_p^2`` (about 4e14 at the paper's
-    ``mu_p = -20, sigma_p = 1e-6``). The identities ``mu^2/v + mu_p^2/v_p - mu~^2/v~ =
-    (mu - mu_p)^2 / (v + v_p)`` and ``v~ / (v v_p) = 1 / (v + v_p)`` remove that cancellation, and
-    the reduced posterior's bounds are measured from ``mu_p`` so that ``mu~ - mu_p`` (tiny when
-    ``v_p`` is tiny) is never formed as a difference of two nearly equal numbers.
+    ``exp(dF) = (log b - log a) N(mu; mu_p, v + v_p) Z~ / (Z_q Z_p)``: eq. 8 after the identities
+    ``mu^2/v + mu_p^2/v_p - mu~^2/v~ = (mu - mu_p)^2 / (v + v_p)`` and ``v~/(v v_p) = 1/(v + v_p)``,
+    which remove the subtraction of two numbers near 4e14 at the paper's ``sigma_p = 1e-6``.
+    The reduced posterior's bounds are measured as ``sigma~ B`` (never as ``log a - mu~``). Where the
+    reduced posterior sits against a bound (``alpha~ >= 0`` or ``beta~ <= 0``), ``log Z~`` and
+    ``log Z_q`` are both near ``-alpha^2 / 2`` (up to 1e19) and cancel; there ``dF`` is anchored at
+    that bound instead (``_delta_f_at_lower_bound``, mirrored for the upper one).
     """
     _check_bounds(log_a, log_b)
     mu_p = _as_tensor(mu_p, mu)
@@ -52,23 +91,23 @@ def delta_f_lognormal(
     var_q = sigma * sigma
     var_p = sigma_p * sigma_p
     var_sum = var_q + var_p
-    var_reduced = var_q * var_p / var_sum
-    shift = var_p * (mu - mu_p) / var_sum  # mu~ - mu_p
-    sigma_reduced = torch.sqrt(var_reduced)
-    log_z_reduced = log_normal_mass(
-        ((log_a - mu_p) - shift) / sigma_reduced, ((log_b - mu_p) - shift) / sigma_reduced
-    )
-    log_z_q = log_partition(mu, sigma, log_a, log_b)
-    log_z_p = log_partition(mu_p, sigma_p, log_a, log_b)
-    return (
-        log_z_reduced
-        - log_z_q
-        - log_z_p
+    sigma_reduced = torch.sqrt(var_q * var_p / var_sum)
+    alpha_reduced = sigma_reduced * ((log_a - mu) / var_q + (log_a - mu_p) / var_p)
+    beta_reduced = sigma_reduced * ((log_b - mu) / var_q + (log_b - mu_p) / var_p)
+    at_lower = alpha_reduced >= 0
+    at_upper = beta_reduced <= 0
+    interior = (
+        log_normal_mass(torch.where(at_lower | at_upper, -1.0, alpha_reduced), torch.where(at_lower | at_upper, 1.0, beta_reduced))
+        - log_partition(mu, sigma, log_a, log_b)
+        - log_partition(mu_p, sigma_p, log_a, log_b)
         + math.log(log_b - log_a)
         - LOG_SQRT_2PI
         - 0.5 * torch.log(var_sum)
         - 0.5 * (mu - mu_p) ** 2 / var_sum
     )
+    lower = _delta_f_at_lower_bound(mu, var_q, mu_p, var_p, log_a, log_b)
+    upper = _delta_f_at_lower_bound(-mu, var_q, -mu_p, var_p, -log_b, -log_a)  # mirrored: phi -> -phi
+    return torch.where(at_lower, lower, torch.where(at_upper, upper, interior))
 
 
 def delta_f_loguniform(

@@ -188,8 +188,8 @@ def train_(
             loss = nll + kl
             if not torch.isfinite(loss):
                 raise TrainingDivergedError(
-                    f"loss became {float(loss)} at epoch {epoch + 1}, step {step + 1} (NLL {float(nll)}, KL term "
-                    f"{float(kl)}); lower train.lr (now {config.lr}) or train.kl_scale (now {config.kl_scale}); "
+                    f"loss became {float(loss.detach())} at epoch {epoch + 1}, step {step + 1} (NLL "
+                    f"{float(nll.detach())}, KL term {float(kl.detach())}); lower train.lr (now {config.lr}) or train.kl_scale (now {config.kl_scale}); "
                     f"epochs finished before this one are in the last checkpoint"
                 )
             optimizer.zero_grad(set_to_none=True)
@@ -201,9 +201,9 @@ def train_(
                     squared = weight_grad.detach().flatten(1).pow(2).sum(1)
                     grad_sq[name] = grad_sq[name] + squared if name in grad_sq else squared
             batch = labels.numel()
-            sums["loss"] += float(loss) * batch
-            sums["nll"] += float(nll) * batch
-            sums["kl"] += float(kl) * batch
+            sums["loss"] += float(loss.detach()) * batch
+            sums["nll"] += float(nll.detach()) * batch
+            sums["kl"] += float(kl.detach()) * batch
             sums["correct"] += int((logits.argmax(1) == labels).sum())
             sums["seen"] += batch
             if step % 50 == 0:
@@ -226,10 +226,13 @@ def train_(
             seconds=time.perf_counter() - started,
         )
         history.append(record)
-        bar.set_postfix(
-            loss=f"{record.loss:.4f}", val_acc=f"{val_accuracy:.4f}", compression=f"{record.compression:.1%}"
-        )
         bar.close()
+        if config.progress:
+            tqdm.write(
+                f"epoch {record.epoch}/{total_epochs} {phase}: loss {record.loss:.4f}, train acc "
+                f"{record.train_accuracy:.4f}, val acc {val_accuracy:.4f}, compression {record.compression:.1%}, "
+                f"{record.seconds:.1f} s"
+            )
         if checkpoint_path is not None:
             save_checkpoint(checkpoint_path, model, {"epoch": epoch + 1, "history": [asdict(r) for r in history]})
     return TrainResult(model, history)

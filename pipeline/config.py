@@ -38,6 +38,7 @@ class DataConfig:
     val_fraction: float = 0.2
     seed: int = 0
     cache_dir: str | None = None
+    max_train_examples: int | None = None  # train on a subset: smoke tests and quick looks
 
     def resolved_root(self) -> str:
         return self.root if self.root is not None else DEFAULT_ROOTS[self.dataset]

@@ -25,7 +25,7 @@ from torch import nn
 
 from benchmarks.latency import measure_latency
 from bmrs.checkpoint import load_checkpoint
-from bmrs.data import DataBundle, load_dataset
+from bmrs.data import DataBundle, Split, load_dataset
 from bmrs.models import build_model, insert_noise, noise_points_for
 from bmrs.noise_bank import attach_noise_bank
 from bmrs.train import TrainConfig, evaluate, train_
@@ -56,13 +56,19 @@ def set_status(run_dir: Path, state: str, error: str | None = None) -> None:
 
 
 def load_data(config: FlowConfig) -> DataBundle:
-    return load_dataset(
+    data = load_dataset(
         config.data.dataset,
         config.data.resolved_root(),
         val_fraction=config.data.val_fraction,
         seed=config.data.seed,
         cache_dir=config.data.cache_dir,
     )
+    limit = config.data.max_train_examples
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"data.max_train_examples must be >= 1 or null, got {limit}")
+        data = replace(data, train=Split(data.train.images[:limit], data.train.labels[:limit]))
+    return data
 
 
 def build(config: FlowConfig, data: DataBundle, *, noisy: bool) -> nn.Module:
@@ -192,6 +198,7 @@ def report_stage(
         "pruned": pruned,
         "onnx": pruned_onnx,
         "latency": latency,
+        "units": {"flops": "multiply-accumulates per example (torch-pruning's count)", "latency": "milliseconds per batch"},
         "wall_seconds": seconds,
         "torch_version": torch.__version__,
     }

@@ -94,6 +94,23 @@ def test_statistics_all_finite_float32():
     assert (noise.var() >= 0).all() and (noise.mean() > 0).all()
 
 
+def test_statistics_finite_over_the_clamp_range():
+    """float64 statistics stay finite for every (mu, log sigma) a trained layer can reach, and so do draws."""
+    mu, log_sigma = torch.meshgrid(torch.linspace(-25.0, 5.0, 31), torch.linspace(-20.0, 5.0, 11), indexing="ij")
+    noise = LogNormalNoise(mu.numel()).double()
+    with torch.no_grad():
+        noise.mu.copy_(mu.flatten())
+        noise.log_sigma.copy_(log_sigma.flatten())
+        for stat in (noise.kl(), noise.mean(), noise.var(), noise.snr(), noise.sample(4)):
+            assert torch.isfinite(stat).all()
+        assert (noise.var() >= 0).all()
+        mean = noise.mean()
+        bad = (mean <= 0) | (mean > 1)
+        # e.g. mu = 4, log sigma = -17.5 gives E[theta] = e^2 (see test_truncnorm's clamp-floor moments)
+        offending = list(zip(mu.flatten()[bad].tolist(), log_sigma.flatten()[bad].tolist(), mean[bad].tolist()))
+        assert offending == [], "(mu, log sigma, E[theta]) outside (0, 1]: " + repr(offending)
+
+
 def _check_sampled_moments(units, n=200_000, seed=0):
     noise = make_noise(units, dtype=torch.float32)
     torch.manual_seed(seed)

@@ -197,3 +197,19 @@ def test_rejects_bad_scales_and_bounds():
         delta_f_lognormal(_t64(-5.0), _t64(1.0), mu_p=-20.0, sigma_p=1.0, log_a=0.0, log_b=-20.0)
     with pytest.raises(ValueError):
         delta_f_loguniform(_t64(-5.0), _t64(-1.0), p1=8)
+
+
+def test_paper_setting_over_the_clamp_range():
+    """Every (mu, sigma) a noise layer can reach (log sigma is clamped to [-20, 5]), including means
+    outside [log a, log b]. E.g. mu = -25, sigma = e^-20 (a point mass at theta = a): dF = +16.59,
+    the unit is pruned; a cancellation between log Z~ and log Z_q (both ~ -alpha^2/2 ~ -3e18) gives -420."""
+    bad = []
+    for mu in (-25.0, -22.0, -20.5, 0.5, 4.0):
+        for log_sigma in (-20.0, -17.5, -15.0, -10.0, -5.0):
+            sigma = math.exp(log_sigma)
+            expected = delta_f_lognormal_mpmath(mu, sigma, -20.0, 1e-6, dps=120)
+            got = float(delta_f_lognormal(_t64(mu), _t64(sigma), mu_p=-20.0, sigma_p=1e-6))
+            ok = math.isfinite(got) and (got >= 0) == (expected >= 0) and abs(got - expected) <= 1e-5 + 1e-10 * abs(expected)
+            if not ok:
+                bad.append((mu, log_sigma, got, expected))
+    assert bad == [], "(mu, log sigma, dF got, dF exact): " + repr(bad)

@@ -1,0 +1,42 @@
+"""The sampler's hand-written backward pass against finite differences, in every regime."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from bmrs.sampling import TruncatedNormalDraw
+
+LOG_A, LOG_B = -20.0, 0.0
+CASES = {
+    "straddling": (-5.0, 1.0),
+    "near_upper_bound": (-0.1, 0.3),
+    "mirrored_near_lower_bound": (-19.5, 0.8),
+    "deep_below_mean": (1.0, 0.1),  # beta = -10: pressed against theta = 1
+    "deep_above_mean": (-22.0, 0.2),  # alpha = +10: pressed against theta = a
+    "paper_init": (0.0, math.exp(-5.0)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_gradient_matches_finite_differences(name):
+    mu0, sigma0 = CASES[name]
+    mu = torch.tensor([mu0], dtype=torch.float64, requires_grad=True)
+    sigma = torch.tensor([sigma0], dtype=torch.float64, requires_grad=True)
+    uniform = torch.tensor([[0.03], [0.31], [0.5], [0.77], [0.98]], dtype=torch.float64)
+
+    def draw(m, s):
+        return TruncatedNormalDraw.apply(m, s, uniform, LOG_A, LOG_B)
+
+    assert torch.autograd.gradcheck(draw, (mu, sigma), eps=1e-7 * max(sigma0, 1e-3), atol=1e-5, rtol=1e-4)
+
+
+def test_draws_are_uniform_transforms_in_order():
+    """A larger u never gives a smaller phi in the ordinary regime (a monotone transform)."""
+    mu = torch.tensor([-3.0, -0.2], dtype=torch.float64)
+    sigma = torch.tensor([2.0, 0.5], dtype=torch.float64)
+    uniform = torch.linspace(0.001, 0.999, 200, dtype=torch.float64).unsqueeze(1).expand(200, 2)
+    phi = TruncatedNormalDraw.apply(mu, sigma, uniform, LOG_A, LOG_B)
+    steps = phi[1:] - phi[:-1]
+    assert bool(((steps >= 0).all(0) | (steps <= 0).all(0)).all())
