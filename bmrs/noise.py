@@ -81,9 +81,10 @@ class LogNormalNoise(nn.Module):
 
     def sample(self, num_draws: int) -> Tensor:
         """``num_draws`` independent draws of every structure's theta, masked: ``(num_draws, C)``."""
+        from bmrs.sampling import TruncatedNormalDraw
+
         uniform = torch.rand(num_draws, self.num_structures, device=self.mu.device, dtype=self.mu.dtype)
-        phi = truncnorm.sample_phi(self.mu, self.sigma(), uniform, self.log_a, self.log_b)
-        return torch.exp(phi) * self.mask
+        return TruncatedNormalDraw.apply(self.mu, self.sigma(), uniform, self.log_a, self.log_b, self.mask)
 
     def _posterior64(self) -> tuple[Tensor, Tensor]:
         # Posterior statistics are C numbers per layer, so they are computed in float64: in float32

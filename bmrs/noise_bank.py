@@ -13,6 +13,8 @@ import torch
 from torch import Tensor, nn
 
 from bmrs import truncnorm
+from bmrs.fused import fused
+from bmrs.sampling import TruncatedNormalDraw
 from bmrs.noise import LOG_SIGMA_RANGE, LogNormalNoise, noise_modules
 
 
@@ -63,23 +65,33 @@ class NoiseBank:
         if self._draw is None or index in self._consumed or self._draw.shape[0] != batch:
             mu, sigma, mask = self._parameters()
             uniform = torch.rand(batch, mu.numel(), device=mu.device, dtype=mu.dtype)
-            self._draw = torch.exp(truncnorm.sample_phi(mu, sigma, uniform, self.log_a, self.log_b)) * mask
+            self._draw = TruncatedNormalDraw.apply(mu, sigma, uniform, self.log_a, self.log_b, mask)
             self._consumed = set()
         self._consumed.add(index)
         return self._draw[:, self._offsets[index] : self._offsets[index + 1]]
 
     def kl_per_structure(self) -> Tensor:
         """Every structure's ``KL(q || p)`` (zero where pruned), layers concatenated in order."""
-        mu, sigma, mask = self._parameters()
-        kl = truncnorm.kl_to_log_uniform(mu.double(), sigma.double(), self.log_a, self.log_b)
-        return (kl * mask).to(mu.dtype)
+        mu = torch.cat([layer.mu for layer in self.layers])
+        log_sigma = torch.cat([layer.log_sigma for layer in self.layers])
+        mask = torch.cat([layer.mask for layer in self.layers])
+        return _masked_kl(mu, log_sigma, mask, self.log_a, self.log_b)
 
     def layer_mean_weights(self, like: Tensor) -> Tensor:
         """Weights that turn the concatenated KL into the mean over layers of per-layer means."""
-        weights = torch.empty(self._offsets[-1], dtype=like.dtype, device=like.device)
-        for start, end in zip(self._offsets, self._offsets[1:]):
-            weights[start:end] = 1.0 / ((end - start) * len(self.layers))
-        return weights
+        cached = getattr(self, "_layer_weights", None)
+        if cached is None or cached.dtype != like.dtype or cached.device != like.device:
+            cached = torch.empty(self._offsets[-1], dtype=like.dtype, device=like.device)
+            for start, end in zip(self._offsets, self._offsets[1:]):
+                cached[start:end] = 1.0 / ((end - start) * len(self.layers))
+            self._layer_weights = cached
+        return cached
+
+
+@fused
+def _masked_kl(mu: Tensor, log_sigma: Tensor, mask: Tensor, log_a: float, log_b: float) -> Tensor:
+    sigma = torch.exp(torch.clamp(log_sigma, *LOG_SIGMA_RANGE))
+    return (truncnorm.kl_to_log_uniform(mu.double(), sigma.double(), log_a, log_b) * mask).to(mu.dtype)
 
 
 def attach_noise_bank(model: nn.Module) -> NoiseBank | None:

@@ -40,3 +40,12 @@ def test_draws_are_uniform_transforms_in_order():
     phi = TruncatedNormalDraw.apply(mu, sigma, uniform, LOG_A, LOG_B)
     steps = phi[1:] - phi[:-1]
     assert bool(((steps >= 0).all(0) | (steps <= 0).all(0)).all())
+
+
+def test_vectorised_inverse_cdf_matches_ndtri():
+    from bmrs.sampling import inverse_normal_cdf_lower_half
+
+    p = torch.cat([torch.logspace(-300, -1, 4000, dtype=torch.float64), torch.linspace(0.01, 0.5, 4000, dtype=torch.float64)])
+    exact = torch.special.ndtri(p)
+    relative = (inverse_normal_cdf_lower_half(p) - exact).abs() / exact.abs().clamp_min(1e-3)
+    assert float(relative.max()) < 1.2e-9
