@@ -12,7 +12,9 @@ if [ ! -f "$FMNIST_DIR/train-images-idx3-ubyte.gz" ] && [ ! -f "$FMNIST_DIR/trai
     exit 2
   fi
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  # --reinstall restores the files if the package is registered but its files were removed.
+  reinstall=""; dpkg -s dataset-fashion-mnist >/dev/null 2>&1 && reinstall="--reinstall"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $reinstall dataset-fashion-mnist >/dev/null
 fi
 
 PYTHON=${PYTHON:-python3}
