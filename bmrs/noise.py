@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from bmrs import truncnorm
+from bmrs.fused import fused
 from bmrs.reduction import PAPER_LOG_A, PAPER_LOG_B
 
 LOG_SIGMA_RANGE = (-20.0, 5.0)
@@ -93,32 +94,29 @@ class LogNormalNoise(nn.Module):
 
     def kl(self) -> Tensor:
         """Per-structure ``KL(q || p)``; zero for pruned structures, which no longer carry a posterior."""
-        kl = truncnorm.kl_to_log_uniform(*self._posterior64(), self.log_a, self.log_b)
-        return (kl * self.mask).to(self.mu.dtype)
+        return masked_kl(self.mu, self.log_sigma, self.mask, self.log_a, self.log_b)
 
     def mean(self) -> Tensor:
         """``E[theta]`` per structure, zero where pruned."""
         log_m1 = truncnorm.log_moment(*self._posterior64(), 1, self.log_a, self.log_b)
         return (torch.exp(log_m1) * self.mask).to(self.mu.dtype)
 
-    def var(self) -> Tensor:
-        """``Var[theta]`` per structure, from log moments so that it never goes negative; zero where pruned."""
+    def _log_mean_and_variance(self) -> tuple[Tensor, Tensor]:
         mu, sigma = self._posterior64()
         log_m1 = truncnorm.log_moment(mu, sigma, 1, self.log_a, self.log_b)
         log_m2 = truncnorm.log_moment(mu, sigma, 2, self.log_a, self.log_b)
         # Var = m2 (1 - exp(2 log m1 - log m2)); Jensen makes the exponent <= 0, rounding may not.
         gap = torch.clamp(2.0 * log_m1 - log_m2, max=-torch.finfo(torch.float64).tiny)
-        return (torch.exp(log_m2 + truncnorm.log1mexp(gap)) * self.mask).to(self.mu.dtype)
+        return log_m1, log_m2 + truncnorm.log1mexp(gap)
+
+    def var(self) -> Tensor:
+        """``Var[theta]`` per structure, from log moments so that it never goes negative; zero where pruned."""
+        return (torch.exp(self._log_mean_and_variance()[1]) * self.mask).to(self.mu.dtype)
 
     def snr(self) -> Tensor:
-        """``E[theta] / sqrt(Var[theta])``; zero where pruned."""
-        mu, sigma = self._posterior64()
-        log_m1 = truncnorm.log_moment(mu, sigma, 1, self.log_a, self.log_b)
-        log_m2 = truncnorm.log_moment(mu, sigma, 2, self.log_a, self.log_b)
-        gap = torch.clamp(2.0 * log_m1 - log_m2, max=-torch.finfo(torch.float64).tiny)
-        # log SNR = log m1 - (log m2 + log(1 - exp(gap))) / 2: no overflow for a nearly deterministic unit.
-        log_snr = log_m1 - 0.5 * (log_m2 + truncnorm.log1mexp(gap))
-        return (torch.exp(log_snr) * self.mask).to(self.mu.dtype)
+        """``E[theta] / sqrt(Var[theta])``; zero where pruned. In logs: no overflow for a nearly deterministic unit."""
+        log_mean, log_var = self._log_mean_and_variance()
+        return (torch.exp(log_mean - 0.5 * log_var) * self.mask).to(self.mu.dtype)
 
     @torch.no_grad()
     def prune_(self, structures: Tensor) -> int:
@@ -135,6 +133,13 @@ class LogNormalNoise(nn.Module):
     def extra_repr(self) -> str:
         alive = int(self.mask.sum())
         return f"{alive}/{self.num_structures} alive, dim={self.dim}, log_a={self.log_a}, log_b={self.log_b}"
+
+
+@fused
+def masked_kl(mu: Tensor, log_sigma: Tensor, mask: Tensor, log_a: float, log_b: float) -> Tensor:
+    """Per-structure ``KL(q || p)`` in float64, zero where ``mask`` is False, in ``mu``'s dtype."""
+    sigma = torch.exp(torch.clamp(log_sigma, *LOG_SIGMA_RANGE))
+    return (truncnorm.kl_to_log_uniform(mu.double(), sigma.double(), log_a, log_b) * mask).to(mu.dtype)
 
 
 def noise_modules(model: nn.Module) -> dict[str, LogNormalNoise]:

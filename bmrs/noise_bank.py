@@ -12,10 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from bmrs import truncnorm
-from bmrs.fused import fused
 from bmrs.sampling import TruncatedNormalDraw
-from bmrs.noise import LOG_SIGMA_RANGE, LogNormalNoise, noise_modules
+from bmrs.noise import LOG_SIGMA_RANGE, LogNormalNoise, masked_kl, noise_modules
 
 
 class NoiseBank:
@@ -75,7 +73,7 @@ class NoiseBank:
         mu = torch.cat([layer.mu for layer in self.layers])
         log_sigma = torch.cat([layer.log_sigma for layer in self.layers])
         mask = torch.cat([layer.mask for layer in self.layers])
-        return _masked_kl(mu, log_sigma, mask, self.log_a, self.log_b)
+        return masked_kl(mu, log_sigma, mask, self.log_a, self.log_b)
 
     def layer_mean_weights(self, like: Tensor) -> Tensor:
         """Weights that turn the concatenated KL into the mean over layers of per-layer means."""
@@ -86,12 +84,6 @@ class NoiseBank:
                 cached[start:end] = 1.0 / ((end - start) * len(self.layers))
             self._layer_weights = cached
         return cached
-
-
-@fused
-def _masked_kl(mu: Tensor, log_sigma: Tensor, mask: Tensor, log_a: float, log_b: float) -> Tensor:
-    sigma = torch.exp(torch.clamp(log_sigma, *LOG_SIGMA_RANGE))
-    return (truncnorm.kl_to_log_uniform(mu.double(), sigma.double(), log_a, log_b) * mask).to(mu.dtype)
 
 
 def attach_noise_bank(model: nn.Module) -> NoiseBank | None:

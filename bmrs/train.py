@@ -46,7 +46,7 @@ class TrainConfig:
     prune_every: int = 1
     batch_size: int = 32
     lr: float = 1.4e-3
-    kl_weighting: KLWeighting = KLWeighting.LAYER_MEAN
+    kl_weighting: KLWeighting = KLWeighting.ELBO
     kl_scale: float = 1.0
     criterion: str | None = "bmrs_n"
     criterion_settings: dict[str, Any] = field(default_factory=dict)

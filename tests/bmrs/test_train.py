@@ -156,7 +156,7 @@ def test_kl_weighting_magnitudes_at_init():
     assert layer_mean == pytest.approx(per_unit, rel=1e-5)
     elbo, _ = _one_batch_kl(KLWeighting.ELBO, 1.0, randomise=False)
     assert elbo == pytest.approx(units * per_unit / 32, rel=1e-5)
-    assert TrainConfig().kl_weighting is KLWeighting.LAYER_MEAN
+    assert TrainConfig().kl_weighting is KLWeighting.ELBO  # the exact objective is the default
 
 
 @pytest.mark.parametrize("weighting", list(KLWeighting))
