@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from bmrs.sampling import TruncatedNormalDraw
-from bmrs.noise import LOG_SIGMA_RANGE, LogNormalNoise, masked_kl, noise_modules
+from bmrs.noise import LOG_SIGMA_RANGE, LogNormalNoise, WeightedKL, masked_kl, noise_modules
 
 
 class NoiseBank:
@@ -32,6 +32,10 @@ class NoiseBank:
         self._offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
         self._draw: Tensor | None = None
         self._consumed: set[int] = set()
+
+    @property
+    def num_structures(self) -> int:
+        return self._offsets[-1]
 
     def __deepcopy__(self, memo: dict) -> "NoiseBank":
         # Reached while the layers themselves are being copied (half-built), so nothing here may
@@ -74,6 +78,13 @@ class NoiseBank:
         log_sigma = torch.cat([layer.log_sigma for layer in self.layers])
         mask = torch.cat([layer.mask for layer in self.layers])
         return masked_kl(mu, log_sigma, mask, self.log_a, self.log_b)
+
+    def weighted_kl(self, weights: Tensor) -> Tensor:
+        """``sum(weights * KL)`` over every structure, layers concatenated in order."""
+        mu = torch.cat([layer.mu for layer in self.layers])
+        log_sigma = torch.cat([layer.log_sigma for layer in self.layers])
+        mask = torch.cat([layer.mask for layer in self.layers])
+        return WeightedKL.apply(mu, log_sigma, mask, weights, self.log_a, self.log_b)
 
     def layer_mean_weights(self, like: Tensor) -> Tensor:
         """Weights that turn the concatenated KL into the mean over layers of per-layer means."""

@@ -12,7 +12,7 @@ Three regimes, chosen per structure:
 
 * ordinary: ``z = Phi^-1(p)`` with ``p = Phi(lo) + u Z``, or ``z = -Phi^-1(q)`` with the complementary
   ``q = 1 - p`` where that is the smaller one, so neither tail loses digits to rounding near 1;
-* interval far below the mean (``hi < -5``, a unit pressed against ``theta = b``) or far above it
+* interval far below the mean (``hi < -12`` in float32, ``-5`` in float64: a unit pressed against ``theta = b``) or far above it
   (mirrored): ``z = hi - t`` with ``t`` solving ``log Phi(hi - t) - log Phi(hi) = log(u + (1-u) r)``
   by Newton's method on Mills ratios, and ``phi`` written from the bound (``log b - sigma t``) so
   nothing is lost to cancellation.
@@ -25,7 +25,11 @@ from torch import Tensor
 from bmrs.fused import fused
 from bmrs.truncnorm import log_mills
 
-DEEP_TAIL = 5.0  # standard deviations: beyond this the ordinary inverse CDF runs out of float32 digits
+# Standard deviations below which the interval counts as deep in a tail. float32 draws stay on the
+# ordinary path down to 12 (Phi(-12) ~ 2e-33 is still a normal float32 and the inverse CDF keeps 1e-9
+# relative accuracy): the deep path is exact but costs several special-function passes, and units
+# pressed against theta = 1 are common early in training. float64 switches at 5.
+DEEP_TAIL = {torch.float32: 12.0, torch.float64: 5.0}
 _NEWTON_STEPS = 4
 
 
@@ -35,6 +39,7 @@ def _log_ndtr_ratio(lo: Tensor, hi: Tensor) -> Tensor:
     return -0.5 * (a_lo - a_hi) * (a_lo + a_hi) + log_mills(a_lo) - log_mills(a_hi)
 
 
+@fused
 def _deep_tail_offsets(a: Tensor, log_r: Tensor, uniform: Tensor) -> tuple[Tensor, Tensor]:
     """``t >= 0`` with ``Phi(-(a + t)) / Phi(-a) = u + (1 - u) r``, and ``R(a + t) / R(a) - 1``.
 
@@ -81,14 +86,14 @@ def inverse_normal_cdf_lower_half(p: Tensor) -> Tensor:
     return torch.where(wide < _TAIL_BELOW, tail, central).to(p.dtype)
 
 
-def _structure_constants(mu: Tensor, sigma: Tensor, log_a: float, log_b: float) -> tuple[Tensor, ...]:
+def _structure_constants(mu: Tensor, sigma: Tensor, log_a: float, log_b: float, deep_below: float) -> tuple[Tensor, ...]:
     """Per-structure float64 constants: the interval on the lower side of the mean and its CDFs."""
     alpha, beta = (log_a - mu) / sigma, (log_b - mu) / sigma
     mirror = alpha > 0
     lo = torch.where(mirror, -beta, alpha)
     hi = torch.where(mirror, -alpha, beta)
     direction = 1.0 - 2.0 * mirror.double()
-    deep = hi < -DEEP_TAIL
+    deep = hi < -deep_below
     safe_lo, safe_hi = torch.where(deep, -1.0, lo), torch.where(deep, 1.0, hi)
     log_lo, log_hi = torch.special.log_ndtr(safe_lo), torch.special.log_ndtr(safe_hi)
     mass = torch.exp(log_hi) * -torch.expm1(log_lo - log_hi)
@@ -115,14 +120,22 @@ def _ordinary_phi(uniform: Tensor, below: Tensor, above: Tensor, mass: Tensor, l
 def _draw(mu: Tensor, sigma: Tensor, uniform: Tensor, mask: Tensor | None, log_a: float, log_b: float):
     """One fused pass: per-structure constants (float64), then every draw (the uniform's dtype).
 
-    Returns ``(out, z, lo, hi, direction, deep)``; ``out`` is ``phi``, or ``exp(phi) * mask``."""
+    Returns ``(out, dout_dmu, dout_dsigma, lo, hi, direction, deep)``: ``out`` is ``phi``, or
+    ``exp(phi) * mask``, and its derivatives per draw are computed in the same pass, so the backward
+    pass is two multiply-and-sums."""
     dtype = uniform.dtype
-    lo, hi, direction, deep, safe_lo, safe_hi, below, above, mass = _structure_constants(mu.double(), sigma.double(), log_a, log_b)
+    deep_below = DEEP_TAIL.get(dtype, 5.0)
+    lo, hi, direction, deep, safe_lo, safe_hi, below, above, mass = _structure_constants(
+        mu.double(), sigma.double(), log_a, log_b, deep_below
+    )
     lo_d, hi_d = safe_lo.to(dtype), safe_hi.to(dtype)
     scale = sigma.to(dtype) * direction.to(dtype)
     z, phi = _ordinary_phi(uniform, below.to(dtype), above.to(dtype), mass.to(dtype), lo_d, hi_d, mu.to(dtype), scale, log_a, log_b)
-    out = phi if mask is None else torch.exp(phi) * mask.to(dtype)
-    return out, z, lo, hi, direction, deep
+    dphi_dmu, dphi_dsigma = _phi_derivatives(uniform, z, lo_d, hi_d, direction.to(dtype))
+    if mask is None:
+        return phi, dphi_dmu, dphi_dsigma, lo, hi, direction, deep
+    theta = torch.exp(phi) * mask.to(dtype)  # dtheta/dphi = theta, zero where pruned
+    return theta, dphi_dmu * theta, dphi_dsigma * theta, lo, hi, direction, deep
 
 
 def _phi_derivatives(uniform: Tensor, z: Tensor, lo: Tensor, hi: Tensor, direction: Tensor) -> tuple[Tensor, Tensor]:
@@ -135,15 +148,6 @@ def _phi_derivatives(uniform: Tensor, z: Tensor, lo: Tensor, hi: Tensor, directi
     return 1.0 - weight_lo - weight_hi, direction * (z - weight_lo * lo - weight_hi * hi)
 
 
-@fused
-def _parameter_gradients(grad_out: Tensor, theta: Tensor | None, uniform: Tensor, z: Tensor, lo: Tensor, hi: Tensor,
-                         direction: Tensor):  # fmt: skip
-    grad_phi = grad_out if theta is None else grad_out * theta  # dtheta/dphi = theta (0 where masked)
-    dphi_dmu, dphi_dsigma = _phi_derivatives(uniform, z, lo, hi, direction)
-    columns = z.shape[-1]
-    return (grad_phi * dphi_dmu).reshape(-1, columns).sum(0), (grad_phi * dphi_dsigma).reshape(-1, columns).sum(0)
-
-
 class TruncatedNormalDraw(torch.autograd.Function):
     """Draws for ``uniform`` of shape ``(..., C)`` and per-structure ``mu, sigma`` of shape ``(C,)``.
 
@@ -153,34 +157,30 @@ class TruncatedNormalDraw(torch.autograd.Function):
     @staticmethod
     def forward(ctx, mu: Tensor, sigma: Tensor, uniform: Tensor, log_a: float, log_b: float, mask: Tensor | None = None) -> Tensor:
         dtype = uniform.dtype
-        out, z, lo, hi, direction, deep = _draw(mu.detach(), sigma.detach(), uniform, mask, log_a, log_b)
-        sigma64 = sigma.detach().double()
-        ctx.deep = None
+        out, d_mu, d_sigma, lo, hi, direction, deep = _draw(mu.detach(), sigma.detach(), uniform, mask, log_a, log_b)
         if bool(deep.any()):
             index = torch.nonzero(deep).squeeze(1)
             a = (-hi)[index]
             t, ratio_m1 = _deep_tail_offsets(a, _log_ndtr_ratio(lo[index], hi[index]), uniform[..., index].double())
             t = torch.minimum(t, (hi - lo)[index])
             bound = torch.where(direction < 0, log_a, log_b)[index]
-            phi = torch.clamp(bound - direction[index] * sigma64[index] * t, log_a, log_b).to(dtype)
-            out[..., index] = phi if mask is None else torch.exp(phi) * mask[index].to(dtype)
+            phi = torch.clamp(bound - direction[index] * sigma.detach().double()[index] * t, log_a, log_b).to(dtype)
             # phi = bound -+ sigma t(a): dphi/dmu = -dt/da, dphi/dsigma = -+(t - a dt/da), dt/da = R(a+t)/R(a) - 1.
-            ctx.deep = (index, -ratio_m1.to(dtype), (direction[index] * (a * ratio_m1 - t)).to(dtype))
+            dphi_dmu = (-ratio_m1).to(dtype)
+            dphi_dsigma = (direction[index] * (a * ratio_m1 - t)).to(dtype)
+            if mask is None:
+                out[..., index], d_mu[..., index], d_sigma[..., index] = phi, dphi_dmu, dphi_dsigma
+            else:
+                theta = torch.exp(phi) * mask[index].to(dtype)
+                out[..., index], d_mu[..., index], d_sigma[..., index] = theta, dphi_dmu * theta, dphi_dsigma * theta
         ctx.param_dtype = mu.dtype
-        ctx.exponentiated = mask is not None
-        lo_d = torch.where(deep, -1.0, lo).to(dtype)
-        hi_d = torch.where(deep, 1.0, hi).to(dtype)
-        ctx.save_for_backward(uniform, z, lo_d, hi_d, direction.to(dtype), out if mask is not None else None)
+        ctx.save_for_backward(d_mu, d_sigma)
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        uniform, z, lo, hi, direction, theta = ctx.saved_tensors
-        grad_mu, grad_sigma = _parameter_gradients(grad_out, theta, uniform, z, lo, hi, direction)
-        if ctx.deep is not None:
-            index, dphi_dmu, dphi_dsigma = ctx.deep
-            grad_phi = grad_out[..., index] if theta is None else grad_out[..., index] * theta[..., index]
-            deep_grad = grad_phi.reshape(-1, index.numel())
-            grad_mu[index] = (deep_grad * dphi_dmu.reshape(-1, index.numel())).sum(0)
-            grad_sigma[index] = (deep_grad * dphi_dsigma.reshape(-1, index.numel())).sum(0)
+        d_mu, d_sigma = ctx.saved_tensors
+        columns = d_mu.shape[-1]
+        grad_mu = (grad_out * d_mu).reshape(-1, columns).sum(0)
+        grad_sigma = (grad_out * d_sigma).reshape(-1, columns).sum(0)
         return grad_mu.to(ctx.param_dtype), grad_sigma.to(ctx.param_dtype), None, None, None, None

@@ -107,10 +107,12 @@ def kl_penalty(noises: list[LogNormalNoise], weighting: KLWeighting, scale: floa
     """The KL term of the minibatch loss under ``weighting`` (see ``KLWeighting``)."""
     bank = noises[0].bank
     if bank is not None and bank.layers == noises:
-        kl = bank.kl_per_structure()
+        reference = noises[0].mu
         if weighting is KLWeighting.ELBO:
-            return scale / num_train * kl.sum()
-        return scale * (kl @ bank.layer_mean_weights(kl))
+            weights = torch.full((bank.num_structures,), scale / num_train, dtype=reference.dtype, device=reference.device)
+        else:
+            weights = scale * bank.layer_mean_weights(reference)
+        return bank.weighted_kl(weights)
     if weighting is KLWeighting.ELBO:
         return scale / num_train * torch.stack([noise.kl().sum() for noise in noises]).sum()
     return scale * torch.stack([noise.kl().mean() for noise in noises]).mean()
