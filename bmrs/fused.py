@@ -10,6 +10,7 @@ eagerly from then on, with the same results.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import warnings
 from typing import Callable, TypeVar
@@ -33,6 +34,8 @@ def fused(fn: F) -> F:
         if failed or not compile_enabled():
             return fn(*args)
         if compiled is None:
+            # A CUDA build of torch on a machine without CUDA warns on every compile; the kernels are CPU ones.
+            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
             compiled = torch.compile(fn, dynamic=None)
         try:
             return compiled(*args)

@@ -14,7 +14,9 @@ def _prefect_environment() -> None:
     os.environ.setdefault("PREFECT_HOME", str(Path.home() / ".cache" / "bmrs" / "prefect"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE", "true")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # A failed task is reported once, by this CLI and in status.json; Prefect's own ERROR logs would
+    # repeat it as two tracebacks. PREFECT_LOGGING_LEVEL set by the user still wins.
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
 
 
 def _parser() -> argparse.ArgumentParser:

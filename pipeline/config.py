@@ -135,8 +135,14 @@ def _convert(value: Any, hint: Any, path: str) -> Any:
             raise ConfigError(f"{path}: expected an integer, got {value!r}")
         return value
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        if isinstance(value, str):
+            # YAML 1.1 reads "1e-3" (no dot) as a string; users write it that way all the time.
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{path}: expected a finite number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):

@@ -92,6 +92,9 @@ def test_nan_loss_fails_clearly_and_keeps_finished_epochs(tmp_path):
     result = bmrs(tmp_path, *QUICK, "--set", "train.epochs=3", "--set", "train.lr=1.0e+30")
     assert result.returncode == 2
     assert "train.lr" in result.stderr and "loss became" in result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("bmrs: error:")]
+    assert len(errors) == 1
     (run_dir,) = (tmp_path / "runs" / "default").iterdir()
     assert json.loads((run_dir / "status.json").read_text())["state"] == "failed"
     assert not (run_dir / "report.json").exists()

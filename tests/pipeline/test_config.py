@@ -51,6 +51,13 @@ def test_overrides_reach_every_section():
     assert config.output.runs_dir == "/tmp/x"
 
 
+def test_exponent_notation_without_a_dot_is_a_number():
+    # YAML 1.1 reads 1e-3 as a string; it must still reach train.lr as 0.001.
+    assert load_flow(REPO_FLOWS, "default", ["train.lr=1e-3"]).train.lr == 0.001
+    with pytest.raises(ConfigError, match="finite number"):
+        load_flow(REPO_FLOWS, "default", ["train.lr=.nan"])
+
+
 def test_none_method_means_no_noise():
     assert load_flow(REPO_FLOWS, "default", ["train.criterion=none"]).train.criterion is None
 
@@ -62,7 +69,7 @@ def test_none_method_means_no_noise():
         ("train.criterion=magic", "unknown method 'magic'"),
         ("model.name=resnet", "unknown model 'resnet'"),
         ("data.dataset=imagenet", "unknown dataset 'imagenet'"),
-        ("train.lr=fast", "default.train.lr: expected a number"),
+        ("train.lr=fast", "default.train.lr: expected a finite number"),
         ("train.epochs=0", "train.epochs must be >= 1"),
         ("train.kl_weighting=strong", "not one of ['elbo', 'layer_mean']"),
         ("train.criterion_settings={p1: 4}", "bmrs_n has no such setting"),
