@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from benchmarks.latency import (
+from benchmarks.ort_runtime import (
     Provider,
     describe_machine,
     open_session,

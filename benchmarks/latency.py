@@ -7,11 +7,9 @@ alike instead of on whichever model happened to be measured last.
 
 from __future__ import annotations
 
-import enum
 import gc
-import math
 import os
-import platform
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -19,6 +17,16 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
+from benchmarks.ort_runtime import (  # noqa: F401  (re-exported: the latency API names them)
+    Provider,
+    _as_provider,
+    available_providers,
+    describe_machine,
+    open_session,
+    require_providers,
+    single_float_input,
+)
 
 # numpy's default (Hyndman & Fan type 7): linear interpolation between the two
 # nearest order statistics. Named explicitly so reports stay comparable across
@@ -31,19 +39,6 @@ DENSE_NAME = "dense"
 PRUNED_NAME = "pruned"
 
 
-class Provider(enum.Enum):
-    """ONNX Runtime execution providers this benchmark knows how to drive."""
-
-    CPU = "CPUExecutionProvider"
-    CUDA = "CUDAExecutionProvider"
-
-
-def available_providers() -> list[Provider]:
-    """Providers of this enum that the installed onnxruntime build offers."""
-    offered = set(ort.get_available_providers())
-    return [p for p in Provider if p.value in offered]
-
-
 def _positive_int(name: str, value: object, *, allow_zero: bool = False) -> int:
     # bool is an int subclass; True as a batch size is always a mistake.
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
@@ -52,16 +47,6 @@ def _positive_int(name: str, value: object, *, allow_zero: bool = False) -> int:
     if value < low:
         raise ValueError(f"{name} must be >= {low}, got {value!r}.")
     return int(value)
-
-
-def _as_provider(value: object) -> Provider:
-    if isinstance(value, Provider):
-        return value
-    try:
-        return Provider(value)
-    except ValueError:
-        valid = ", ".join(f"Provider.{p.name} ({p.value!r})" for p in Provider)
-        raise ValueError(f"Unknown provider {value!r}; use one of {valid}.") from None
 
 
 @dataclass(frozen=True)
@@ -201,60 +186,6 @@ class LatencyReport:
         return out
 
 
-def open_session(
-    model_path: Path,
-    provider: Provider,
-    *,
-    intra_op_threads: int | None = None,
-    thread_spinning: bool = False,
-) -> ort.InferenceSession:
-    """Inference session pinned to `provider`; shared with benchmarks.energy."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if intra_op_threads is not None:
-        options.intra_op_num_threads = intra_op_threads
-    options.add_session_config_entry(
-        "session.intra_op.allow_spinning", "1" if thread_spinning else "0"
-    )
-    # CPU is listed as fallback for ops the GPU provider lacks, as ORT expects.
-    order = [provider.value] if provider is Provider.CPU else [provider.value, Provider.CPU.value]
-    session = ort.InferenceSession(str(model_path), sess_options=options, providers=order)
-    # ORT silently falls back to CPU when e.g. CUDA libraries fail to load;
-    # timing that as "CUDA" would be a wrong number, so refuse it.
-    if session.get_providers()[0] != provider.value:
-        raise RuntimeError(
-            f"{provider.value} was requested for {model_path} but ORT activated "
-            f"{session.get_providers()}; check the CUDA/cuDNN installation that "
-            "onnxruntime-gpu needs, or benchmark with Provider.CPU."
-        )
-    return session
-
-
-def single_float_input(name: str, session: ort.InferenceSession, shape: tuple[int, ...]) -> str:
-    """Name of the session's only input after checking it accepts `shape` as float32."""
-    inputs = session.get_inputs()
-    if len(inputs) != 1:
-        raise ValueError(
-            f"Model {name!r} has {len(inputs)} inputs ({[i.name for i in inputs]}); "
-            "the benchmark feeds exactly one float32 tensor, export a single-input model."
-        )
-    spec = inputs[0]
-    if spec.type != "tensor(float)":
-        raise ValueError(
-            f"Model {name!r} input {spec.name!r} is {spec.type}; export it with a float32 input."
-        )
-    # Symbolic (str) or unknown (None) dims accept any size; ints must match.
-    if len(spec.shape) != len(shape) or any(
-        isinstance(declared, int) and declared != fed for declared, fed in zip(spec.shape, shape)
-    ):
-        raise ValueError(
-            f"Model {name!r} input {spec.name!r} has shape {spec.shape} but the benchmark feeds {shape}; "
-            "give input_shape without the batch axis and export the model with a dynamic batch axis "
-            "(or benchmark only the batch size it was exported with)."
-        )
-    return spec.name
-
-
 def measure_latency(
     models: Mapping[str, Path],
     input_shape: tuple[int, ...],
@@ -363,23 +294,6 @@ def _check_input_shape(input_shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(_positive_int("input_shape item", d) for d in input_shape)
 
 
-def require_providers(requested: tuple[Provider, ...]) -> None:
-    """Raise ValueError naming what is installed if any requested provider is missing."""
-    offered = ort.get_available_providers()
-    missing = [p.value for p in requested if p.value not in offered]
-    if missing:
-        fix = (
-            "install onnxruntime-gpu instead of onnxruntime (pip uninstall onnxruntime && "
-            "pip install onnxruntime-gpu) on a machine with CUDA"
-            if Provider.CUDA.value in missing
-            else "install an onnxruntime build that ships it"
-        )
-        raise ValueError(
-            f"Requested provider(s) {missing} not available in onnxruntime {ort.__version__}; "
-            f"available: {offered}. Fix: {fix}, or request only available providers."
-        )
-
-
 def _has_dense_and_pruned(stats: Mapping[str, LatencyStats]) -> bool:
     return DENSE_NAME in stats and PRUNED_NAME in stats
 
@@ -398,22 +312,3 @@ def _json_float(value: float | None) -> float | None:
     if value is None or not math.isfinite(value):
         return None
     return float(value)
-
-
-def describe_machine() -> dict[str, object]:
-    """Where the numbers came from; JSON-safe."""
-    # platform.processor() is empty on most Linux systems; /proc/cpuinfo is not.
-    processor = platform.processor()
-    if not processor and Path("/proc/cpuinfo").is_file():
-        lines = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines()
-        models = (ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name"))
-        processor = next(models, "")
-    return {
-        "platform": platform.platform(),
-        "processor": processor or platform.machine(),
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        # CPUs this process may actually use (cgroups, taskset) can be fewer.
-        "usable_cpu_count": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "python_version": platform.python_version(),
-    }
