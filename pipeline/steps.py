@@ -28,7 +28,8 @@ from bmrs.checkpoint import load_checkpoint
 from bmrs.data import DataBundle, Split, load_dataset
 from bmrs.models import build_model, insert_noise, noise_points_for
 from bmrs.noise_bank import attach_noise_bank
-from bmrs.train import TrainConfig, evaluate, train_
+from bmrs.metrics import classification_metrics
+from bmrs.train import TrainConfig, train_
 from export.onnx_export import export_onnx
 from export.slicing import count_flops, count_params, parameter_compression, slice_model
 from pipeline.config import FlowConfig
@@ -113,8 +114,7 @@ def restore(config: FlowConfig, data: DataBundle, checkpoint: Path, *, noisy: bo
 
 
 def _test_metrics(model: nn.Module, data: DataBundle) -> dict[str, float]:
-    accuracy, nll = evaluate(model, data.test)
-    return {"accuracy": accuracy, "nll": nll}
+    return classification_metrics(model, data.test).as_dict()
 
 
 def compress_stage(config: FlowConfig, data: DataBundle, run_dir: Path, checkpoint: Path) -> dict[str, Any]:
@@ -143,7 +143,7 @@ def dense_stage(config: FlowConfig, data: DataBundle, run_dir: Path, checkpoint:
     sample = example_input(data)
     if checkpoint is None:
         model = build(config, data, noisy=False).eval()
-        metrics: dict[str, Any] = {"accuracy": None, "nll": None}
+        metrics: dict[str, Any] = {"accuracy": None, "nll": None, "ece": None}
     else:
         model = restore(config, data, checkpoint, noisy=False)
         metrics = _test_metrics(model, data)
@@ -198,7 +198,12 @@ def report_stage(
         "pruned": pruned,
         "onnx": pruned_onnx,
         "latency": latency,
-        "units": {"flops": "multiply-accumulates per example (torch-pruning's count)", "latency": "milliseconds per batch"},
+        "units": {
+            "flops": "multiply-accumulates per example (torch-pruning's count)",
+            "latency": "milliseconds per batch",
+            "nll": "nats per example",
+            "ece": "expected calibration error, 15 equal-width confidence bins",
+        },
         "wall_seconds": seconds,
         "torch_version": torch.__version__,
     }

@@ -52,6 +52,7 @@ def test_default_flow_writes_a_complete_report(tmp_path):
     dense, pruned = report["dense"], report["pruned"]
     for section in (dense, pruned):
         assert section["params"] > 0 and section["flops"] > 0 and 0.3 < section["accuracy"] <= 1.0
+        assert 0.0 < section["nll"] and 0.0 <= section["ece"] <= 1.0
     # l2 at ratio 0.3 removes round(0.3 * width) structures of every noise layer, for good.
     assert pruned["widths"] == {"features.0": 4, "features.3": 11, "classifier.1": 84, "classifier.3": 59, "classifier.5": 10}
     assert pruned["params"] < dense["params"] and pruned["flops"] < dense["flops"]
