@@ -7,6 +7,8 @@ torchvision's layout, with torchvision's own extractor, and torchvision reads it
 
 Images are kept as one float tensor in ``[0, 1]`` per split: at these sizes iterating tensor slices
 is several times faster than a ``DataLoader`` that decodes one PIL image per example.
+
+The user's own data (``image_folder``, ``npz``) is registered in ``bmrs.data_files``.
 """
 from __future__ import annotations
 
@@ -60,16 +62,29 @@ class DataBundle:
 
 Loader = Callable[[Path, Path], tuple[Split, Split, int]]
 DATASETS: dict[str, Loader] = {}
-DEFAULT_ROOTS: dict[str, str] = {}
+DEFAULT_ROOTS: dict[str, str | None] = {}  # None: the user's own data, no conventional place
+ROOT_EXPECTS: dict[str, str] = {}  # what a root must be, for the user's own formats
+FILE_ROOTS: set[str] = set()  # datasets whose root may be a single file
 
 
-def register_dataset(name: str, default_root: str) -> Callable[[Loader], Loader]:
+def register_dataset(
+    name: str, default_root: str | None, *, expects: str | None = None, file_root: bool = False
+) -> Callable[[Loader], Loader]:
     def add(loader: Loader) -> Loader:
         DATASETS[name] = loader
         DEFAULT_ROOTS[name] = default_root
+        if expects is not None:
+            ROOT_EXPECTS[name] = expects
+        if file_root:
+            FILE_ROOTS.add(name)
         return loader
 
     return add
+
+
+def root_hint(name: str) -> str:
+    """What ``data.root`` must point to for dataset ``name``."""
+    return ROOT_EXPECTS.get(name, f"a folder with the {name} files (torchvision's layout)")
 
 
 def load_dataset(
@@ -81,11 +96,18 @@ def load_dataset(
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     root = Path(root).expanduser()
-    if not root.is_dir():
+    if not root.exists():
         raise DatasetNotFoundError(f"dataset root {str(root)!r} for {name} does not exist; {_install_hint(name)}")
+    if not root.is_dir() and name not in FILE_ROOTS:
+        raise DatasetNotFoundError(f"dataset root {str(root)!r} for {name} is not a folder; {_install_hint(name)}")
     full_train, test, num_classes = DATASETS[name](root, Path(cache_dir or DEFAULT_CACHE) / "datasets" / name)
     order = torch.randperm(len(full_train), generator=torch.Generator().manual_seed(seed))
     num_val = int(round(val_fraction * len(full_train)))
+    if not 0 < num_val < len(full_train):
+        raise ValueError(
+            f"{name}: val_fraction {val_fraction} of {len(full_train)} training examples leaves an empty training "
+            "or validation split; use more examples or a val_fraction nearer 0.5"
+        )
     val_index, train_index = order[:num_val], order[num_val:]
     train = Split(full_train.images[train_index], full_train.labels[train_index])
     val = Split(full_train.images[val_index], full_train.labels[val_index])
@@ -95,6 +117,8 @@ def load_dataset(
 def _install_hint(name: str) -> str:
     if name == "fashion_mnist":
         return "install it with `apt-get install -y dataset-fashion-mnist` or set data.root to a folder with its IDX files"
+    if name in ROOT_EXPECTS:
+        return f"set data.root to {ROOT_EXPECTS[name]}"
     return f"put the {name} files there (torchvision's layout) or set data.root to where they are"
 
 
@@ -160,3 +184,7 @@ def _cifar10(root: Path, cache: Path) -> tuple[Split, Split, int]:
         images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
         splits.append(Split(images, torch.as_tensor(ds.targets, dtype=torch.long)))
     return splits[0], splits[1], len(ds.classes)
+
+
+# The user's own formats register themselves here; imported last because they build on the above.
+from bmrs import data_files as _data_files  # noqa: E402,F401

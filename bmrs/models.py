@@ -1,9 +1,11 @@
 """Model families of the paper (appendix C), a registry of them, and where their noise goes.
 
-A model is a plain ``nn.Module``; ``insert_noise`` wraps the modules named by the family's noise
-rule so that their output is multiplied by a ``LogNormalNoise``. Each noise module records the
-layer whose output structures it scales (``source``): that is where ``export`` folds ``E[theta]``
-and which layer's outputs get sliced away.
+A model is a plain ``nn.Module``: a registered family (``mlp``, ``lenet5``) or the user's own,
+named ``package.module:factory`` (``bmrs.user_models``). ``insert_noise`` wraps the modules named
+by the family's noise rule, or by an explicit list of layer paths, so that their output is
+multiplied by a ``LogNormalNoise``. Each noise module records the layer whose output structures it
+scales (``source``): that is where ``export`` folds ``E[theta]`` and which layer's outputs get
+sliced away.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Callable
 from torch import Tensor, nn
 
 from bmrs.noise import LogNormalNoise, noise_modules
+from bmrs.user_models import build_user_model, is_user_model
 
 ModelFactory = Callable[..., nn.Module]
 MODELS: dict[str, ModelFactory] = {}
@@ -28,17 +31,76 @@ def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
     return add
 
 
-def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **options: int) -> nn.Module:
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **options: object) -> nn.Module:
+    """A registered family by name, or the user's ``package.module:factory`` (which takes no options)."""
+    if is_user_model(name):
+        if options:
+            raise ValueError(
+                f"model {name!r} is your own factory; the options {sorted(options)} apply to built-in models "
+                "only: give your factory defaults instead"
+            )
+        return build_user_model(name, tuple(input_shape), num_classes)
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+        raise ValueError(
+            f"unknown model {name!r}; choose one of {sorted(MODELS)} or name your own as package.module:factory"
+        )
     return MODELS[name](input_shape, num_classes, **options)
 
 
+@dataclass(frozen=True)
+class MlpShape:
+    hidden_width: int
+    hidden_layers: int
+
+
+# The paper's per-dataset MLPs (appendix C.1, chosen there by a sweep), named by dataset.
+MLP_PRESETS: dict[str, MlpShape] = {
+    "mnist": MlpShape(hidden_width=100, hidden_layers=7),
+    "fashion_mnist": MlpShape(hidden_width=150, hidden_layers=1),
+    "cifar10": MlpShape(hidden_width=150, hidden_layers=5),
+}
+DEFAULT_MLP_PRESET = "fashion_mnist"
+
+
+def mlp_settings(
+    preset: str | None = None, hidden_width: int | None = None, hidden_layers: int | None = None
+) -> dict[str, int]:
+    """``{"hidden_width", "hidden_layers"}`` from a preset and/or explicit values.
+
+    An explicit value fills in what no preset gives (unset values default to the Fashion-MNIST
+    preset, 1 x 150). Naming a preset and an explicit value that disagrees with it is an error
+    rather than a silent override: either the preset or the number is not what the user meant.
+    """
+    if preset is not None and preset not in MLP_PRESETS:
+        raise ValueError(f"unknown mlp preset {preset!r}; choose one of {sorted(MLP_PRESETS)}")
+    base = MLP_PRESETS[preset or DEFAULT_MLP_PRESET]
+    settings = {"hidden_width": base.hidden_width, "hidden_layers": base.hidden_layers}
+    for key, value in (("hidden_width", hidden_width), ("hidden_layers", hidden_layers)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"mlp needs {key} to be an integer >= 1, got {value!r}")
+        if preset is not None and value != settings[key]:
+            raise ValueError(
+                f"mlp preset {preset!r} has {key}={settings[key]} but {key}={value} is also given; "
+                f"drop one of them (the preset, or the explicit {key})"
+            )
+        settings[key] = value
+    return settings
+
+
 @register_model("mlp")
-def mlp(input_shape: tuple[int, ...], num_classes: int, *, hidden_width: int = 150, hidden_layers: int = 1) -> nn.Module:
-    """Fully connected ReLU network; the paper's Fashion-MNIST preset is 1 hidden layer of 150."""
-    if hidden_width < 1 or hidden_layers < 1:
-        raise ValueError(f"mlp needs hidden_width >= 1 and hidden_layers >= 1, got {hidden_width}, {hidden_layers}")
+def mlp(
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    preset: str | None = None,
+    hidden_width: int | None = None,
+    hidden_layers: int | None = None,
+) -> nn.Module:
+    """Fully connected ReLU network, shaped by ``mlp_settings`` (default: 1 hidden layer of 150)."""
+    settings = mlp_settings(preset, hidden_width, hidden_layers)
+    hidden_width, hidden_layers = settings["hidden_width"], settings["hidden_layers"]
     in_features = 1
     for size in input_shape:
         in_features *= size
@@ -160,12 +222,47 @@ def insert_noise(model: nn.Module, points: list[NoisePoint], **noise_options: fl
     return model
 
 
-def noise_points_for(model_name: str, model: nn.Module) -> list[NoisePoint]:
+def explicit_points(model: nn.Module, paths: tuple[str, ...] | list[str]) -> list[NoisePoint]:
+    """Noise right after each named Linear/Conv2d, in the model's own module order.
+
+    The order does not follow ``paths`` so that two configs listing the same layers build the same
+    model (checkpoints and noise banks depend on it).
+    """
+    if isinstance(paths, str) or not isinstance(paths, (list, tuple)):
+        raise TypeError(f"noise points must be a list of layer paths, got {paths!r}")
+    layers = dict(_structured_layers(model))
+    valid = list(layers)
+    if not paths:
+        raise ValueError(f"the noise point list is empty; name at least one of {valid}, or train without noise")
+    modules = dict(model.named_modules())
+    seen: set[str] = set()
+    for path in paths:
+        if path in seen:
+            raise ValueError(f"noise point {path!r} is listed twice; list each layer once")
+        seen.add(path)
+        if path not in layers:
+            what = f"a {type(modules[path]).__name__}" if path in modules else "not a module of the model"
+            raise ValueError(f"noise point {path!r} is {what}; noise points must be Linear/Conv2d layers, one of {valid}")
+    if valid[-1] in seen:
+        raise ValueError(
+            f"noise point {valid[-1]!r} is the model's last Linear/Conv2d layer, whose outputs are the classes; "
+            f"pruning it would remove classes: drop it (the hidden layers are {valid[:-1]})"
+        )
+    return [NoisePoint(path, path, _out_channels(layers[path])) for path in valid if path in seen]
+
+
+def noise_points_for(
+    model_name: str, model: nn.Module, explicit: tuple[str, ...] | list[str] | None = None
+) -> list[NoisePoint]:
+    """The family's noise rule (user models: every hidden Linear/Conv2d), or ``explicit`` layer paths."""
+    if explicit is not None:
+        return explicit_points(model, explicit)
     rule = NOISE_RULES.get(model_name, every_hidden_layer)
     return rule(model)
 
 
 __all__ = [
-    "MODELS", "NOISE_RULES", "LeNet5", "NoisePoint", "Noised", "build_model", "every_hidden_layer",
-    "insert_noise", "lenet5_points", "noise_modules", "noise_points_for", "register_model",
+    "MLP_PRESETS", "MODELS", "NOISE_RULES", "LeNet5", "MlpShape", "NoisePoint", "Noised", "build_model",
+    "every_hidden_layer", "explicit_points", "insert_noise", "lenet5_points", "mlp_settings", "noise_modules",
+    "noise_points_for", "register_model",
 ]  # fmt: skip

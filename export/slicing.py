@@ -100,17 +100,19 @@ def slice_(model: nn.Module, keep: Mapping[str, Tensor], example_input: Tensor) 
     sliced.eval()
     with torch.enable_grad():
         graph = tp.DependencyGraph().build_dependency(sliced, example_inputs=example_input, verbose=False)
-    targets = {id(layer): path for path, (layer, _) in plan.items()}
+    paths = {id(module): name for name, module in sliced.named_modules()}
     for path, (layer, drop) in plan.items():
         prune_fn = tp.prune_linear_out_channels if isinstance(layer, nn.Linear) else tp.prune_conv_out_channels
         group = graph.get_pruning_group(layer, prune_fn, drop)
         for dep, _ in group:
-            other = targets.get(id(dep.target.module))
-            if other not in (None, path) and graph.is_out_channel_pruning_fn(dep.handler):
+            other = dep.target.module
+            # Another layer whose outputs must go with these (e.g. summed by a residual) would lose
+            # channels that were never zeroed, whether or not it has a mask of its own.
+            if other is not layer and isinstance(other, SLICEABLE_LAYERS) and graph.is_out_channel_pruning_fn(dep.handler):
                 raise ValueError(
-                    f"the outputs of {path!r} and {other!r} are coupled (e.g. summed by a residual), so "
-                    "they must be pruned with one shared mask; give both layers the same keep mask "
-                    "under one of their paths"
+                    f"the outputs of {path!r} and {paths.get(id(other), type(other).__name__)!r} are coupled "
+                    "(e.g. summed by a residual), so removing channels of one removes them from the other; "
+                    "put one noise point on the sum instead of on both layers, or leave these layers unpruned"
                 )
         group.prune()
     sliced.train(was_training)

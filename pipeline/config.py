@@ -19,8 +19,9 @@ import yaml
 
 from benchmarks.latency import LatencyConfig
 from bmrs.criteria import CRITERIA, criterion_settings
-from bmrs.data import DATASETS, DEFAULT_ROOTS
-from bmrs.models import MODELS
+from bmrs.data import DATASETS, DEFAULT_ROOTS, root_hint
+from bmrs.models import MODELS, mlp_settings
+from bmrs.user_models import is_user_model, resolve_factory
 from bmrs.train import TrainConfig
 from export.onnx_export import OnnxConfig
 
@@ -41,17 +42,49 @@ class DataConfig:
     max_train_examples: int | None = None  # train on a subset: smoke tests and quick looks
 
     def resolved_root(self) -> str:
-        return self.root if self.root is not None else DEFAULT_ROOTS[self.dataset]
+        root = self.root if self.root is not None else DEFAULT_ROOTS.get(self.dataset)
+        if root is None:
+            raise ValueError(f"data.root is not set and {self.dataset} has no default location; set data.root")
+        return root
 
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """``name``: a registered family or ``package.module:factory``; ``preset``/``hidden_*`` shape the mlp.
+
+    ``noise_points`` replaces the family's noise rule by an explicit list of Linear/Conv2d paths;
+    the paths are checked against the model when it is built (the data's shape is needed for that).
+    """
+
     name: str = "lenet5"
-    hidden_width: int = 150  # mlp only
-    hidden_layers: int = 1  # mlp only
+    preset: str | None = None  # mlp only: the paper's per-dataset MLP (mnist, fashion_mnist, cifar10)
+    hidden_width: int | None = None  # mlp only; None: the preset's, else 150
+    hidden_layers: int | None = None  # mlp only; None: the preset's, else 1
+    # None: the family's rule (user models: every hidden layer). Integers are accepted because YAML
+    # reads nn.Sequential's child names (`[0, 2]`) as numbers; they are stored as the paths they name.
+    noise_points: tuple[str | int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.name == "mlp":
+            mlp_settings(self.preset, self.hidden_width, self.hidden_layers)  # a conflict fails at load time
+        else:
+            for key in ("preset", "hidden_width", "hidden_layers"):
+                if getattr(self, key) is not None:
+                    raise ValueError(
+                        f"{key} applies to the mlp only, not to {self.name!r}; remove it (--set model.{key}=null)"
+                    )
+        if self.noise_points is None:
+            return
+        paths = tuple(str(path) for path in self.noise_points)
+        object.__setattr__(self, "noise_points", paths)
+        if not paths:
+            raise ValueError("noise_points is empty; list Linear/Conv2d layer paths, or null for the model's own rule")
+        if len(set(paths)) != len(paths) or not all(paths):
+            raise ValueError(f"noise_points {list(paths)} must be distinct, non-empty layer paths")
 
     def options(self) -> dict[str, int]:
-        return {"hidden_width": self.hidden_width, "hidden_layers": self.hidden_layers} if self.name == "mlp" else {}
+        """What ``build_model`` takes besides the data's shape: the mlp's resolved width and depth."""
+        return mlp_settings(self.preset, self.hidden_width, self.hidden_layers) if self.name == "mlp" else {}
 
 
 @dataclass(frozen=True)
@@ -244,8 +277,21 @@ def _deepcopy(tree: Any) -> Any:
 def _validate_names(config: FlowConfig) -> None:
     if config.data.dataset not in DATASETS:
         raise ConfigError(f"{config.name}.data.dataset: unknown dataset {config.data.dataset!r}; choose one of {sorted(DATASETS)}")
-    if config.model.name not in MODELS:
-        raise ConfigError(f"{config.name}.model.name: unknown model {config.model.name!r}; choose one of {sorted(MODELS)}")
+    if config.data.root is None and DEFAULT_ROOTS[config.data.dataset] is None:
+        raise ConfigError(
+            f"{config.name}.data.root: {config.data.dataset} has no default location; set data.root "
+            f"(--set data.root=PATH) to {root_hint(config.data.dataset)}"
+        )
+    if is_user_model(config.model.name):
+        try:
+            resolve_factory(config.model.name)  # import now: a typo fails before any data is loaded
+        except (ValueError, TypeError) as error:
+            raise ConfigError(f"{config.name}.model.name: {error}") from error
+    elif config.model.name not in MODELS:
+        raise ConfigError(
+            f"{config.name}.model.name: unknown model {config.model.name!r}; choose one of {sorted(MODELS)} "
+            "or name your own as package.module:factory"
+        )
     criterion = config.train.criterion
     if criterion is not None and criterion not in CRITERIA:
         choices = sorted(CRITERIA) + [NO_PRUNING]

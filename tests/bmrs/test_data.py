@@ -158,3 +158,187 @@ def test_real_fashion_mnist(real_cache):
     assert torch.equal(again.val.labels, bundle.val.labels) and torch.equal(again.val.images[:500], bundle.val.images[:500])
     other = load_dataset("fashion_mnist", REAL_ROOT, seed=1, cache_dir=real_cache)
     assert not torch.equal(other.val.labels, bundle.val.labels)
+
+
+# ------------------------------------------------------------------ the user's own data: image_folder
+
+
+def write_png(path: Path, value: int, *, size=(8, 6), mode="L") -> None:
+    """A PIL image whose pixels all equal ``value`` (each channel), ``size`` as (width, height)."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    colour = value if mode == "L" else (value, value, value)
+    Image.new(mode, size, colour).save(path)
+
+
+def write_class_tree(root: Path, counts: dict[str, int], *, start: int = 0) -> dict[int, str]:
+    """``counts[c]`` images per class folder; pixel value = a unique id (start, start+1, ...) -> class."""
+    owner = {}
+    value = start
+    for name, count in counts.items():
+        for index in range(count):
+            write_png(root / name / f"{index:03d}.png", value)
+            owner[value] = name
+            value += 1
+    return owner
+
+
+def pixel_ids(split: Split) -> list[int]:
+    return split.images[:, 0, 0, 0].mul(255).round().long().tolist()
+
+
+def test_image_folder_single_tree_holds_out_a_seeded_test_split(tmp_path):
+    owner = write_class_tree(tmp_path / "images", {"cat": 5, "dog": 5, "emu": 5})
+    bundle = load_dataset("image_folder", tmp_path / "images", val_fraction=0.25, seed=0)
+    assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (9, 3, 3)
+    assert bundle.num_classes == 3 and bundle.input_shape == (1, 6, 8)  # PNG 8 wide, 6 high
+    classes = sorted(set(owner.values()))
+    for split in (bundle.train, bundle.val, bundle.test):
+        assert split.images.dtype == torch.float32 and split.labels.dtype == torch.int64
+        assert float(split.images.min()) >= 0.0 and float(split.images.max()) <= 1.0
+        assert [classes[label] for label in split.labels.tolist()] == [owner[i] for i in pixel_ids(split)]
+    ids = pixel_ids(bundle.train) + pixel_ids(bundle.val) + pixel_ids(bundle.test)
+    assert sorted(ids) == list(range(15))
+    # The test split does not move with data.seed; the validation split does.
+    other = load_dataset("image_folder", tmp_path / "images", val_fraction=0.25, seed=1)
+    assert pixel_ids(other.test) == pixel_ids(bundle.test)
+    assert pixel_ids(other.val) != pixel_ids(bundle.val)
+
+
+def test_image_folder_train_test_layout_maps_test_labels_by_class_name(tmp_path):
+    write_class_tree(tmp_path / "train", {"a": 4, "b": 4, "c": 4})
+    write_class_tree(tmp_path / "test", {"b": 2, "c": 1}, start=100)  # no "a": test labels follow names
+    write_png(tmp_path / "train" / "c" / "colour.png", 200, mode="RGB")  # one colour image: all become RGB
+    bundle = load_dataset("image_folder", tmp_path, val_fraction=0.25)
+    assert bundle.num_classes == 3 and bundle.input_shape == (3, 6, 8)
+    assert len(bundle.train) + len(bundle.val) == 13 and len(bundle.test) == 3
+    assert pixel_ids(bundle.test) == [100, 101, 102] and bundle.test.labels.tolist() == [1, 1, 2]
+    # grey images read as RGB keep their value in every channel
+    assert torch.equal(bundle.test.images[:, 0], bundle.test.images[:, 2])
+
+
+def test_image_folder_errors_name_the_file_and_the_fix(tmp_path):
+    write_class_tree(tmp_path / "sizes", {"a": 2, "b": 2})
+    write_png(tmp_path / "sizes" / "b" / "big.png", 9, size=(9, 6))
+    with pytest.raises(ValueError, match=r"big\.png is 9x6 pixels.*resize them beforehand"):
+        load_dataset("image_folder", tmp_path / "sizes")
+
+    write_class_tree(tmp_path / "half" / "train", {"a": 2})
+    with pytest.raises(DatasetNotFoundError, match=r"has a train/ folder but no test/ folder"):
+        load_dataset("image_folder", tmp_path / "half")
+
+    write_class_tree(tmp_path / "extra" / "train", {"a": 3})
+    write_class_tree(tmp_path / "extra" / "test", {"a": 1, "zebra": 1})
+    with pytest.raises(ValueError, match=r"classes \['zebra'\].*lacks"):
+        load_dataset("image_folder", tmp_path / "extra")
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetNotFoundError, match=r"class folders of images"):
+        load_dataset("image_folder", tmp_path / "empty")
+
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_dataset("image_folder", tmp_path / "absent")
+    assert str(tmp_path / "absent") in str(info.value) and "<root>/<class>/*.png" in str(info.value)
+
+
+# ------------------------------------------------------------------------- the user's own data: npz
+
+
+def labelled(count: int, shape=(5, 4), dtype=np.uint8, classes: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    x = np.zeros((count, *shape), dtype=dtype)
+    x.reshape(count, -1)[:, 0] = np.arange(count)  # identifies each example
+    return x, (np.arange(count) % classes).astype(np.int64)
+
+
+def test_npz_single_file_holds_out_a_test_split(tmp_path):
+    x, y = labelled(10)
+    np.savez(tmp_path / "data.npz", x=x, y=y)
+    for root in (tmp_path / "data.npz", tmp_path):  # the file, or the folder holding only it
+        bundle = load_dataset("npz", root, val_fraction=0.25)
+        assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (6, 2, 2)
+        assert bundle.input_shape == (1, 5, 4) and bundle.num_classes == 3
+        ids = pixel_ids(bundle.train) + pixel_ids(bundle.val) + pixel_ids(bundle.test)
+        assert sorted(ids) == list(range(10))
+        for split in (bundle.train, bundle.val, bundle.test):
+            assert split.labels.tolist() == [i % 3 for i in pixel_ids(split)]
+
+
+def test_npz_test_arrays_layouts_and_scaling(tmp_path):
+    x, y = labelled(8, shape=(6, 6, 3))  # channels last
+    x_test, _ = labelled(4, shape=(6, 6, 3))
+    y_test = np.array([4, 0, 1, 2])  # a class only the test split has still counts
+    np.savez(tmp_path / "nhwc.npz", x=x, y=y, x_test=x_test, y_test=y_test)
+    bundle = load_dataset("npz", tmp_path / "nhwc.npz", val_fraction=0.25)
+    assert bundle.input_shape == (3, 6, 6) and len(bundle.test) == 4 and bundle.num_classes == 5
+    assert torch.equal(bundle.test.images, torch.from_numpy(x_test).permute(0, 3, 1, 2).float() / 255.0)
+
+    floats = np.random.default_rng(0).uniform(-1.0, 1.0, size=(8, 2, 5, 5)).astype(np.float64)  # channels first
+    np.savez(tmp_path / "float.npz", x=floats, y=y, classes=np.array(["a", "b", "c", "d"]))
+    bundle = load_dataset("npz", tmp_path / "float.npz", val_fraction=0.25)
+    assert bundle.input_shape == (2, 5, 5) and bundle.num_classes == 4  # classes, not max(y) + 1
+    assert float(bundle.test.images.min()) < 0.0  # floats are kept as they are
+
+    square = np.zeros((8, 3, 5, 3), dtype=np.uint8)  # axis 1 and 3 both 3: only layout can tell
+    np.savez(tmp_path / "square.npz", x=square, y=y)
+    with pytest.raises(ValueError, match="layout='NCHW' or layout='NHWC'"):
+        load_dataset("npz", tmp_path / "square.npz")
+    np.savez(tmp_path / "square.npz", x=square, y=y, layout="NHWC")
+    assert load_dataset("npz", tmp_path / "square.npz").input_shape == (3, 3, 5)
+
+    split = tmp_path / "split"
+    split.mkdir()
+    np.savez(split / "train.npz", x=x, y=y)
+    np.savez(split / "test.npz", x=x_test, y=y_test)
+    bundle = load_dataset("npz", split, val_fraction=0.25)
+    assert len(bundle.train) + len(bundle.val) == 8 and len(bundle.test) == 4 and bundle.num_classes == 5
+
+
+@pytest.mark.parametrize(
+    "arrays, fragment",
+    [
+        ({"x": np.zeros((4, 3, 3), np.uint8)}, "no array y (it has ['x'])"),
+        ({"images": np.zeros((4, 3, 3), np.uint8), "labels": np.zeros(4, np.int64)}, "no array x or y"),
+        ({"x": np.zeros((4, 3, 3), np.uint8), "y": np.zeros(5, np.int64)}, "5 labels for 4 images"),
+        ({"x": np.zeros((4, 3, 3), np.uint8), "y": np.zeros(4, np.float32)}, "save y.astype(np.int64)"),
+        ({"x": np.zeros((4, 3, 3), np.uint8), "y": np.zeros((4, 2), np.int64)}, "save y.argmax(1)"),
+        ({"x": np.zeros((4, 3, 3), np.uint8), "y": -np.ones(4, np.int64)}, "negative label"),
+        ({"x": np.zeros((4, 9), np.uint8), "y": np.zeros(4, np.int64)}, "images must be (N, H, W)"),
+        ({"x": np.zeros((4, 3, 3), np.float32) + 255.0, "y": np.zeros(4, np.int64)}, "save 0-255 pixels as uint8"),
+        ({"x": np.full((4, 3, 3), np.nan, np.float32), "y": np.zeros(4, np.int64)}, "NaN or infinite"),
+        ({"x": np.full((4, 3, 3), 300, np.int32), "y": np.zeros(4, np.int64)}, "integer images must be 0-255"),
+        ({"x": np.zeros((4, 3, 3), bool), "y": np.zeros(4, np.int64)}, "uint8 pixels or floats"),
+        ({"x": np.zeros((4, 3, 3), np.uint8), "y": np.zeros(4, np.int64), "x_test": np.zeros((2, 3, 3))}, "no array y_test"),
+        ({"x": np.zeros((4, 3, 3), np.uint8), "y": np.zeros(4, np.int64), "x_test": np.zeros((2, 3, 4)), "y_test": np.zeros(2, np.int64)}, "save both splits at one size"),  # fmt: skip
+        ({"x": np.zeros((5, 3, 3), np.uint8), "y": np.array([0, 1, 2, 3, 0]), "classes": np.array(["a", "b"])}, "names 2 classes but has the label 3"),  # fmt: skip
+        ({"x": np.zeros((4, 3, 3), np.uint8), "y": np.array([0, 1, 0, 1], dtype=object)}, "cannot be read as plain arrays"),
+    ],
+)
+def test_npz_errors_name_the_fix(tmp_path, arrays, fragment):
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(ValueError) as info:
+        load_dataset("npz", tmp_path / "bad.npz", val_fraction=0.5)
+    assert fragment in str(info.value)
+
+
+def test_npz_roots(tmp_path):
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_dataset("npz", tmp_path / "absent.npz")
+    assert str(tmp_path / "absent.npz") in str(info.value) and "arrays x (images) and y" in str(info.value)
+    with pytest.raises(DatasetNotFoundError, match="holds no .npz file"):
+        load_dataset("npz", tmp_path)
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(DatasetNotFoundError, match="is not an .npz file"):
+        load_dataset("npz", tmp_path / "notes.txt")
+    with pytest.raises(DatasetNotFoundError, match="is not a folder"):
+        load_dataset("fashion_mnist", tmp_path / "notes.txt")  # only npz takes a file as its root
+    x, y = labelled(10)
+    np.savez(tmp_path / "one.npz", x=x, y=y)
+    np.savez(tmp_path / "two.npz", x=x, y=y)
+    with pytest.raises(ValueError, match=r"holds \['one.npz', 'two.npz'\]; set data.root to one of them"):
+        load_dataset("npz", tmp_path)
+    with pytest.raises(ValueError, match="leaves an empty training or validation split"):
+        load_dataset("npz", tmp_path / "one.npz", val_fraction=0.01)
+    np.savez(tmp_path / "tiny.npz", x=x[:2], y=y[:2])
+    with pytest.raises(ValueError, match="too few to hold out"):
+        load_dataset("npz", tmp_path / "tiny.npz")

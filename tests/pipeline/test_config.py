@@ -106,3 +106,72 @@ def test_malformed_flows_file(tmp_path, text, fragment):
 def test_missing_flows_file(tmp_path):
     with pytest.raises(ConfigError, match="no such flows file"):
         load_flow(tmp_path / "absent.yaml", "default")
+
+
+def test_mlp_presets_and_their_conflicts():
+    config = load_flow(REPO_FLOWS, "default", ["model.name=mlp", "model.preset=mnist"])
+    assert config.model.options() == {"hidden_width": 100, "hidden_layers": 7}
+    agreeing = load_flow(REPO_FLOWS, "default", ["model.name=mlp", "model.preset=cifar10", "model.hidden_width=150"])
+    assert agreeing.model.options() == {"hidden_width": 150, "hidden_layers": 5}
+    with pytest.raises(ConfigError, match="preset 'mnist' has hidden_width=100 but hidden_width=64 is also given"):
+        load_flow(REPO_FLOWS, "default", ["model.name=mlp", "model.preset=mnist", "model.hidden_width=64"])
+    with pytest.raises(ConfigError, match="unknown mlp preset 'svhn'"):
+        load_flow(REPO_FLOWS, "default", ["model.name=mlp", "model.preset=svhn"])
+    with pytest.raises(ConfigError, match=r"hidden_width applies to the mlp only, not to 'lenet5'.*model.hidden_width=null"):
+        load_flow(REPO_FLOWS, "default", ["model.hidden_width=64"])
+
+
+@pytest.fixture
+def factory_dir(tmp_path, monkeypatch):
+    """A user model module in the current directory, as `bmrs run` sees one next to flows.yaml."""
+    import sys
+
+    (tmp_path / "my_config_models.py").write_text(
+        "from torch import nn\n"
+        "def make(input_shape, num_classes):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(input_shape[0] * input_shape[1] * input_shape[2], 8),"
+        " nn.ReLU(), nn.Linear(8, num_classes))\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    yield tmp_path
+    sys.modules.pop("my_config_models", None)
+
+
+def test_user_model_and_noise_points_round_trip(factory_dir):
+    import yaml
+
+    from bmrs.models import build_model, noise_points_for
+
+    # `[1]` is read by YAML as an integer: nn.Sequential's child names must still work unquoted
+    overrides = ["model.name=my_config_models:make", "model.noise_points=[1]", "data.dataset=npz", "data.root=data.npz"]
+    config = load_flow(REPO_FLOWS, "default", overrides)
+    assert config.model.name == "my_config_models:make" and config.model.noise_points == ("1",)
+    assert config.model.options() == {} and config.data.resolved_root() == "data.npz"
+    model = build_model(config.model.name, (1, 4, 4), 3, **config.model.options())
+    assert [p.source for p in noise_points_for(config.model.name, model, config.model.noise_points)] == ["1"]
+    # the resolved config, written back as a flow, loads to the same config
+    tree = config.to_dict()
+    tree.pop("name")
+    (factory_dir / "flows.yaml").write_text(yaml.safe_dump({"flows": {"default": tree}}))
+    assert load_flow(factory_dir / "flows.yaml", "default") == config
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("model.name=my_config_models:mkae", "has no attribute 'mkae'; its public callables are ['make']"),
+        ("model.name=absent_models_xyz:make", "no module 'absent_models_xyz'"),
+        ("model.name=my-models:make", "is not of the form package.module:factory"),
+        ("model.noise_points=[]", "noise_points is empty"),
+        ("model.noise_points=[a, a]", "must be distinct"),
+        ("model.noise_points=features.0", "expected a list"),
+        ("data.dataset=image_folder", "default.data.root: image_folder has no default location"),
+        ("data.dataset=npz", "set data.root (--set data.root=PATH) to an .npz file"),
+    ],
+)
+def test_bad_model_and_data_settings(factory_dir, override, fragment):
+    overrides = [override, "data.root=null"] if override.startswith("data.dataset") else [override]
+    with pytest.raises(ConfigError) as error:
+        load_flow(REPO_FLOWS, "default", overrides)
+    assert fragment in str(error.value)
+    assert str(error.value).startswith("default.")
