@@ -1,55 +1,135 @@
 """Checkpoints that load without unpickling arbitrary objects.
 
-A checkpoint is a ``torch.save`` of plain tensors and one JSON string of metadata, read back with
-``weights_only=True``; it is written to a temporary name and renamed, so a crash never leaves a
-half-written file where a complete one was.
+A checkpoint is a ``torch.save`` of plain data read back with ``weights_only=True``: the model's
+state dict, one JSON string of metadata and, for a resumable training checkpoint, the training
+state (optimizer state dict, RNG states, gradient accumulators: tensors, numbers, strings and
+containers of those, checked before writing). It is written to a temporary name and renamed, so a
+crash never leaves a half-written file where a complete one was.
 """
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable or does not fit the model."""
 
 
-def save_checkpoint(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
+@dataclass(frozen=True)
+class Checkpoint:
+    state_dict: dict[str, Tensor]
+    meta: dict[str, Any]
+    training: dict[str, Any] | None  # None: weights only, not resumable
+
+
+def save_checkpoint(path: Path, model: nn.Module, meta: dict[str, Any], *, training: dict[str, Any] | None = None) -> None:
+    """Write ``model``'s state dict, ``meta`` (JSON) and optionally the ``training`` state to ``path``."""
     path = Path(path)
+    payload: dict[str, Any] = {"state_dict": model.state_dict(), "meta": json.dumps(meta, allow_nan=False)}
+    if training is not None:
+        # Checked here, not at load time: a file weights_only cannot read would be found out only
+        # when someone tries to resume from it.
+        _check_plain(training, "training")
+        payload["training"] = training
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"state_dict": model.state_dict(), "meta": json.dumps(meta, allow_nan=False)}
     partial = path.with_name(f".{path.name}.partial")
     torch.save(payload, partial)
     os.replace(partial, path)
 
 
-def load_checkpoint(path: Path, model: nn.Module) -> dict[str, Any]:
-    """Load ``path`` into ``model`` (in place); returns the metadata."""
+def read_checkpoint(path: Path) -> Checkpoint:
+    """Read ``path`` without a model; raises ``CheckpointError`` naming the file when it is absent or damaged."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist; re-run the stage that writes it")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-        state, meta = payload["state_dict"], json.loads(payload["meta"])
+        state, meta, training = payload["state_dict"], json.loads(payload["meta"]), payload.get("training")
+        if not isinstance(state, dict) or not isinstance(meta, dict) or not (training is None or isinstance(training, dict)):
+            raise TypeError("state_dict, meta or training has the wrong type")
     except Exception as error:  # torch raises several unrelated types for a damaged file
         raise CheckpointError(
-            f"checkpoint {str(path)!r} is corrupt or not a bmrs checkpoint ({type(error).__name__}: {error}); "
+            f"checkpoint {str(path)!r} is corrupt or not a bmrs checkpoint ({_reason(error)}); "
             "delete it and re-run the stage that writes it"
         ) from error
-    mismatch = _mismatch(model.state_dict(), state)
+    return Checkpoint(state, meta, training)
+
+
+def check_fits(path: Path, model: nn.Module, checkpoint: Checkpoint) -> None:
+    """Raise ``CheckpointError`` unless ``checkpoint``'s state dict has exactly ``model``'s keys and shapes."""
+    mismatch = _mismatch(model.state_dict(), checkpoint.state_dict)
     if mismatch:
-        # Checked before loading: load_state_dict copies matching tensors before it raises.
         raise CheckpointError(
             f"checkpoint {str(path)!r} does not fit this model ({mismatch}); it was written for another "
             "model or config: use the config it was trained with, or retrain"
         )
-    model.load_state_dict(state)
-    return meta
+
+
+def load_checkpoint(path: Path, model: nn.Module) -> dict[str, Any]:
+    """Load ``path`` into ``model`` (in place); returns the metadata."""
+    checkpoint = read_checkpoint(path)
+    # Checked before loading: load_state_dict copies matching tensors before it raises.
+    check_fits(path, model, checkpoint)
+    model.load_state_dict(checkpoint.state_dict)
+    return checkpoint.meta
+
+
+def first_difference(expected: Any, found: Any, where: str = "") -> str | None:
+    """The first setting at which two JSON-like trees differ, as ``"where: expected X, found Y"``."""
+    if isinstance(expected, dict) and isinstance(found, dict):
+        for key in sorted(set(expected) | set(found), key=str):
+            inner = f"{where}.{key}" if where else str(key)
+            if key not in found:
+                return f"{inner}: {_short(expected[key])} in the checkpoint, absent now"
+            if key not in expected:
+                return f"{inner}: absent in the checkpoint, {_short(found[key])} now"
+            difference = first_difference(expected[key], found[key], inner)
+            if difference:
+                return difference
+        return None
+    if expected != found or type(expected) is not type(found):
+        return f"{where or 'value'}: {_short(expected)} in the checkpoint, {_short(found)} now"
+    return None
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _reason(error: Exception) -> str:
+    """One line from a load error. torch's weights_only refusal is a dozen lines of advice (including
+    to load with ``weights_only=False``, which is exactly what must not happen here) around its cause."""
+    message = str(error)
+    _, marker, cause = message.partition("WeightsUnpickler error:")
+    lines = [line.strip() for line in (cause if marker else message).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
+
+
+def _check_plain(value: Any, where: str) -> None:
+    if value is None or isinstance(value, (bool, int, float, str, Tensor)):
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_plain(item, f"{where}[{i}]")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, (str, int)):
+                raise TypeError(f"{where} has a key {key!r} of type {type(key).__name__}; use str or int keys")
+            _check_plain(item, f"{where}[{key!r}]")
+        return
+    raise TypeError(
+        f"{where} is a {type(value).__name__}, which weights_only loading cannot read; store tensors, "
+        "numbers, strings, or lists and dicts of those"
+    )
 
 
 def _mismatch(expected: dict[str, Any], found: dict[str, Any]) -> str | None:

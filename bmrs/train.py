@@ -4,12 +4,20 @@
 criterion every ``prune_every`` epochs which structures to remove (for good), then fine-tunes for
 ``finetune_epochs`` epochs with pruning frozen. A model without noise layers trains as the
 paper's "None" baseline.
+
+With ``checkpoint_path`` every epoch ends in a checkpoint holding everything the next epoch
+depends on (weights, noise, masks, Adam's moments, both random streams, the gradient statistics of
+the ``grad`` criterion), so ``train_(..., resume_from=path)`` continues to the bit-identical result
+of an uninterrupted run.
 """
 from __future__ import annotations
 
 import enum
+import hashlib
+import json
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -19,9 +27,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from bmrs.checkpoint import save_checkpoint
+from bmrs.checkpoint import CheckpointError, check_fits, first_difference, read_checkpoint, save_checkpoint
 from bmrs.criteria import Criterion, LayerView, build_criterion
 from bmrs.data import DataBundle, Split
+from bmrs.fused import compile_enabled
 from bmrs.noise import LogNormalNoise, noise_modules
 
 
@@ -155,6 +164,112 @@ def prune_step(model: nn.Module, criterion: Criterion, grad_sq: dict[str, Tensor
     return removed
 
 
+def training_fingerprint(model: nn.Module, data: DataBundle, config: TrainConfig) -> dict[str, Any]:
+    """What a checkpoint's continuation depends on besides its own state: every training setting
+    (bar ``progress``), the model's modules and tensor shapes, and the data. Resuming under a
+    different fingerprint could not reproduce the uninterrupted run, so it is refused."""
+    settings = {k: v for k, v in asdict(config).items() if k != "progress"}
+    settings["kl_weighting"] = config.kl_weighting.value
+    modules = {name or "(root)": _describe(module) for name, module in model.named_modules()}
+    tensors = {key: f"{tensor.dtype}{list(tensor.shape)}" for key, tensor in model.state_dict().items()}
+    splits = {"train": data.train, "val": data.val}
+    described = {
+        "train": settings,
+        "model": {"modules": modules, "tensors": tensors},
+        "data": {"num_classes": data.num_classes, **{f"{name}_digest": _digest(split) for name, split in splits.items()}},
+    }
+    # Through JSON so that it compares equal to the copy read back from a checkpoint (tuples become lists).
+    return json.loads(json.dumps(described, allow_nan=False))
+
+
+def training_environment() -> dict[str, Any]:
+    """What decides the last bits of a result, though not the result itself: CPU reductions split
+    work by thread count, and the fused kernels round differently from their eager fallback."""
+    return {"torch": str(torch.__version__), "threads": torch.get_num_threads(), "compiled": compile_enabled()}
+
+
+def _describe(module: nn.Module) -> str:
+    if isinstance(module, LogNormalNoise):
+        # Not extra_repr: it counts the structures alive, which changes as training prunes.
+        return f"LogNormalNoise({module.num_structures}, dim={module.dim}, log_a={module.log_a}, log_b={module.log_b}, source={module.source})"
+    return f"{type(module).__name__}({module.extra_repr()})"
+
+
+def _digest(split: Split) -> str:
+    hasher = hashlib.blake2b(digest_size=16)
+    for tensor in (split.images, split.labels):
+        hasher.update(f"{tensor.dtype}{list(tensor.shape)}".encode())
+        hasher.update(tensor.detach().cpu().contiguous().numpy().data)
+    return f"{len(split)} examples, {hasher.hexdigest()}"
+
+
+@dataclass
+class _Progress:
+    """The state carried from one epoch to the next besides the model's own."""
+
+    epoch: int  # epochs finished
+    history: list[EpochRecord]
+    grad_sq: dict[str, Tensor]
+
+
+def _resume(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, shuffle: torch.Generator, fingerprint: dict[str, Any], total_epochs: int
+) -> _Progress:
+    """Restore model, optimizer and random streams from ``path``; everything is checked before anything changes."""
+    checkpoint = read_checkpoint(path)
+    if checkpoint.training is None:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} holds weights only, not the training state a resume needs; "
+            "start a new run to retrain"
+        )
+    if not isinstance(checkpoint.meta.get("fingerprint"), dict):
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} does not record the settings it was written under, so resuming "
+            "from it could silently change the result; start a new run"
+        )
+    difference = first_difference(checkpoint.meta["fingerprint"], fingerprint)
+    if difference:
+        raise CheckpointError(
+            f"cannot resume from {str(path)!r}: it was written under different settings ({difference}); "
+            "resume with the settings it was written with, or start a new run"
+        )
+    check_fits(path, model, checkpoint)
+    changed = first_difference(checkpoint.meta.get("environment"), training_environment())
+    if changed:
+        warnings.warn(
+            f"resuming {str(path)!r} in another environment ({changed}): the result will agree with an "
+            "uninterrupted run statistically, not bit for bit",
+            stacklevel=3,
+        )
+    try:
+        epoch = checkpoint.meta["epoch"]
+        if not (isinstance(epoch, int) and 1 <= epoch <= total_epochs):
+            raise ValueError(f"epoch {epoch!r} is outside 1..{total_epochs}")
+        history = [EpochRecord(**record) for record in checkpoint.meta["history"]]
+        if [record.epoch for record in history] != list(range(1, epoch + 1)):
+            raise ValueError(f"its history does not list epochs 1..{epoch}")
+        training = checkpoint.training
+        grad_sq = dict(training["grad_sq"])
+        sizes = {name: noise.num_structures for name, noise in noise_modules(model).items()}
+        for name, value in grad_sq.items():
+            if name not in sizes or not isinstance(value, Tensor) or tuple(value.shape) != (sizes[name],):
+                raise ValueError(f"gradient statistics for {name!r} do not fit the model's noise layers")
+        rng, shuffle_state = training["rng"], training["shuffle"]
+        # Tried on scratch generators first, so that a bad state is refused before anything changed.
+        torch.Generator().set_state(rng)
+        torch.Generator().set_state(shuffle_state)
+        optimizer.load_state_dict(training["optimizer"])  # validates its structure before changing anything
+    except Exception as error:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has a damaged training state ({type(error).__name__}: {error}); "
+            "delete it and start a new run"
+        ) from error
+    model.load_state_dict(checkpoint.state_dict)
+    torch.set_rng_state(rng)
+    shuffle.set_state(shuffle_state)
+    return _Progress(epoch, history, grad_sq)
+
+
 def train_(
     model: nn.Module,
     data: DataBundle,
@@ -162,9 +277,16 @@ def train_(
     *,
     compression: Callable[[nn.Module], float] = structure_compression,
     checkpoint_path: Path | None = None,
+    resume_from: Path | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place per ``config``; returns it with its per-epoch history."""
-    torch.manual_seed(config.seed)
+    """Train ``model`` in place per ``config``; returns it with its per-epoch history.
+
+    ``resume_from``: a checkpoint written by an earlier call with the same model, data and config;
+    training continues after its last epoch (a finished checkpoint is loaded and returned as is).
+    """
+    if resume_from is None:
+        # A resume takes the random state from the checkpoint instead, and a refused one leaves it alone.
+        torch.manual_seed(config.seed)
     noises_by_name = noise_modules(model)
     noises = list(noises_by_name.values())
     criterion = None
@@ -172,10 +294,14 @@ def train_(
         criterion = build_criterion(config.criterion, **config.criterion_settings)
     optimizer = make_optimizer(model, config.lr)
     shuffle = torch.Generator().manual_seed(config.seed)
-    grad_sq: dict[str, Tensor] = {}
-    history: list[EpochRecord] = []
     total_epochs = config.epochs + config.finetune_epochs
-    for epoch in range(total_epochs):
+    fingerprint = training_fingerprint(model, data, config) if checkpoint_path or resume_from else None
+    if resume_from is not None:
+        progress = _resume(Path(resume_from), model, optimizer, shuffle, fingerprint, total_epochs)
+    else:
+        progress = _Progress(0, [], {})
+    history, grad_sq = progress.history, progress.grad_sq
+    for epoch in range(progress.epoch, total_epochs):
         phase = "train" if epoch < config.epochs else "finetune"
         collect_grads = criterion is not None and criterion.needs_gradients and phase == "train"
         started = time.perf_counter()
@@ -242,5 +368,14 @@ def train_(
                 f"{record.seconds:.1f} s"
             )
         if checkpoint_path is not None:
-            save_checkpoint(checkpoint_path, model, {"epoch": epoch + 1, "history": [asdict(r) for r in history]})
+            meta = {
+                "epoch": epoch + 1,
+                "total_epochs": total_epochs,
+                "finished": epoch + 1 == total_epochs,
+                "history": [asdict(r) for r in history],
+                "fingerprint": fingerprint,
+                "environment": training_environment(),
+            }
+            training = {"optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(), "shuffle": shuffle.get_state(), "grad_sq": grad_sq}
+            save_checkpoint(checkpoint_path, model, meta, training=training)
     return TrainResult(model, history)

@@ -127,6 +127,25 @@ def slice_(model: nn.Module, keep: Mapping[str, Tensor], example_input: Tensor) 
     return sliced
 
 
+def check_sliceable(noisy_model: nn.Module, example_input: Tensor) -> None:
+    """Raise the ``slice_`` error now if pruning any noise layer's structures could not be sliced.
+
+    Every noise source is sliced at once with its first structure removed, on a copy: coupled
+    layers (e.g. summed by a residual) fail here, before any training, instead of mid-run.
+    """
+    dense, keep = fold_noise(noisy_model)
+    if not keep:
+        return
+    trial = {}
+    for path, mask in keep.items():
+        if mask.numel() < 2:
+            continue  # a single structure is never removed (min_structures_per_layer >= 1)
+        trial[path] = torch.ones_like(mask)
+        trial[path][0] = False
+    if trial:
+        slice_(dense, trial, example_input)
+
+
 def count_params(model: nn.Module) -> int:
     """Number of parameter elements (buffers such as noise masks are not parameters)."""
     return sum(parameter.numel() for parameter in model.parameters())

@@ -1,10 +1,18 @@
-"""``bmrs`` command line: ``bmrs run [flows.yaml] --flow NAME [--set key=value ...]``."""
+"""``bmrs`` command line.
+
+    bmrs run [flows.yaml] --flow NAME [--set key=value ...]   a new run in runs/<flow>/<run-id>/
+    bmrs resume RUN_DIR                                        finish an interrupted run in place
+"""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pipeline.config import FlowConfig
 
 EXIT_BAD_INPUT = 2
 
@@ -28,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override any setting, e.g. --set train.epochs=3 --set data.root=/data/fmnist")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    resume = commands.add_parser("resume", help="finish an interrupted run in its run directory")
+    resume.add_argument("run_dir", metavar="RUN_DIR", help="the directory `bmrs run` printed, runs/<flow>/<run-id>")
+    resume.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
@@ -38,9 +49,9 @@ def _fail(message: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from bmrs.checkpoint import CheckpointError
+    if args.command == "resume":
+        return _resume(args.run_dir, no_progress=args.no_progress)
     from bmrs.data import DatasetNotFoundError
-    from bmrs.train import TrainingDivergedError
     from pipeline.config import ConfigError, load_flow
 
     overrides = args.overrides + (["train.progress=false"] if args.no_progress else [])
@@ -55,20 +66,57 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetNotFoundError, ValueError) as error:
         return _fail(str(error))
 
+    run_dir = steps.new_run_dir(config)
+    print(f"bmrs: flow {config.name!r} ({config.model.name} on {config.data.dataset}, method {config.method}) -> {run_dir}")
+    return _execute(config, run_dir, resume=False)
+
+
+def _resume(run_dir_arg: str, *, no_progress: bool) -> int:
+    from dataclasses import replace
+
+    from bmrs.checkpoint import CheckpointError
+    from bmrs.data import DatasetNotFoundError
+    from pipeline import steps
+    from pipeline.resume import RunDirError, check_checkpoints, read_run_config
+
+    run_dir = Path(run_dir_arg)
+    # Everything is checked before status.json is touched: a refused resume changes nothing.
+    try:
+        if run_dir.is_dir() and (run_dir / "report.json").is_file():
+            print(f"bmrs: {run_dir} already completed; its report is {run_dir / 'report.json'} (nothing to resume)")
+            return 0
+        config = read_run_config(run_dir)
+        check_checkpoints(run_dir)
+        steps.load_data(config)
+    except (RunDirError, CheckpointError, DatasetNotFoundError, ValueError) as error:
+        return _fail(str(error))
+    if no_progress:
+        config = replace(config, train=replace(config.train, progress=False))
+    steps.set_status(run_dir, "running")
+    print(f"bmrs: resuming flow {config.name!r} ({config.model.name} on {config.data.dataset}, method {config.method}) in {run_dir}")
+    return _execute(config, run_dir, resume=True)
+
+
+def _execute(config: FlowConfig, run_dir: Path, *, resume: bool) -> int:
+    """Run the flow into ``run_dir``; status.json ends as completed, or failed with the reason."""
+    from bmrs.checkpoint import CheckpointError
+    from bmrs.data import DatasetNotFoundError
+    from bmrs.train import TrainingDivergedError
+    from pipeline import steps
+
     _prefect_environment()
     from pipeline.flow import compress_flow
 
-    run_dir = steps.new_run_dir(config)
-    print(f"bmrs: flow {config.name!r} ({config.model.name} on {config.data.dataset}, method {config.method}) -> {run_dir}")
     try:
-        report = compress_flow(config, run_dir)
+        report = compress_flow(config, run_dir, resume=resume)
     except (CheckpointError, DatasetNotFoundError, TrainingDivergedError, ValueError) as error:
         steps.set_status(run_dir, "failed", str(error))
         print(f"bmrs: finished stages are kept in {run_dir}; no report was written", file=sys.stderr)
         return _fail(str(error))
     except BaseException as error:
         steps.set_status(run_dir, "failed", f"{type(error).__name__}: {error}")
-        print(f"bmrs: run failed; finished stages are kept in {run_dir}; no report was written", file=sys.stderr)
+        print(f"bmrs: run failed; finished stages are kept in {run_dir}; no report was written; "
+              f"`bmrs resume {run_dir}` continues from the last finished epoch", file=sys.stderr)  # fmt: skip
         raise
     print(f"bmrs: wrote {report}")
     print(f"bmrs: ONNX model {run_dir / 'model.onnx'}")

@@ -26,11 +26,13 @@ report_task = stage(steps.report_stage, name="report")
 
 
 @flow(name="bmrs-compress", persist_result=False, log_prints=True)
-def compress_flow(config: FlowConfig, run_dir: Path) -> Path:
+def compress_flow(config: FlowConfig, run_dir: Path, resume: bool = False) -> Path:
+    """``resume``: the run directory holds an interrupted run of ``config``; training stages continue
+    from their checkpoints (finished ones are not redone), the later stages run again."""
     started = time.perf_counter()
     data = steps.load_data(config)
-    pruned_checkpoint = train_task(config, data, run_dir, baseline=False)
-    dense_checkpoint = train_task(config, data, run_dir, baseline=True) if config.baseline.enabled else None
+    pruned_checkpoint = train_task(config, data, run_dir, baseline=False, resume=resume)
+    dense_checkpoint = train_task(config, data, run_dir, baseline=True, resume=resume) if config.baseline.enabled else None
     pruned = compress_task(config, data, run_dir, pruned_checkpoint)
     dense = dense_task(config, data, run_dir, dense_checkpoint)
     latency = latency_task(config, data, run_dir)

@@ -9,6 +9,8 @@ Run directory layout, ``runs/<flow>/<run-id>/``::
     model.onnx           the sliced model;  dense.onnx: the dense reference
     bench/latency.json   ORT latencies
     report.json          written last: its presence means the run completed
+
+``bmrs resume`` runs the same stages into an existing directory with ``resume=True``.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from bmrs.noise_bank import attach_noise_bank
 from bmrs.metrics import classification_metrics
 from bmrs.train import TrainConfig, train_
 from export.onnx_export import export_onnx
-from export.slicing import count_flops, count_params, parameter_compression, slice_model
+from export.slicing import check_sliceable, count_flops, count_params, parameter_compression, slice_model
 from pipeline.config import FlowConfig
 
 
@@ -80,13 +82,15 @@ def build(config: FlowConfig, data: DataBundle, *, noisy: bool) -> nn.Module:
         noise = config.noise
         insert_noise(
             model,
-            noise_points_for(config.model.name, model),
+            noise_points_for(config.model.name, model, config.model.noise_points),
             init_mu=noise.init_mu,
             init_log_sigma=noise.init_log_sigma,
             log_a=noise.log_a,
             log_b=noise.log_b,
         )
         attach_noise_bank(model)
+        # Fail before training, not at the first epoch's compression measure or at export.
+        check_sliceable(model, example_input(data))
     return model
 
 
@@ -94,17 +98,23 @@ def example_input(data: DataBundle, batch: int = 2) -> torch.Tensor:
     return data.test.images[:batch]
 
 
-def train_stage(config: FlowConfig, data: DataBundle, run_dir: Path, *, baseline: bool) -> Path:
-    """Train (the pruned method, or the dense baseline); returns the checkpoint path."""
+def train_stage(config: FlowConfig, data: DataBundle, run_dir: Path, *, baseline: bool, resume: bool = False) -> Path:
+    """Train (the pruned method, or the dense baseline); returns the checkpoint path.
+
+    ``resume``: continue from the stage's checkpoint when there is one (a finished one is only
+    loaded, not retrained), to the same result an uninterrupted run reaches.
+    """
     folder = run_dir / ("baseline" if baseline else "train")
+    checkpoint = folder / "checkpoint.pt"
     train_config: TrainConfig = replace(config.train, criterion=None) if baseline else config.train
     noisy = not baseline and config.train.criterion is not None
     model = build(config, data, noisy=noisy)
     sample = example_input(data)
     measure = (lambda m: parameter_compression(m, sample)) if noisy else (lambda m: 0.0)
-    result = train_(model, data, train_config, compression=measure, checkpoint_path=folder / "checkpoint.pt")
+    resume_from = checkpoint if resume and checkpoint.is_file() else None
+    result = train_(model, data, train_config, compression=measure, checkpoint_path=checkpoint, resume_from=resume_from)
     write_json(folder / "history.json", result.as_dict())
-    return folder / "checkpoint.pt"
+    return checkpoint
 
 
 def restore(config: FlowConfig, data: DataBundle, checkpoint: Path, *, noisy: bool) -> nn.Module:

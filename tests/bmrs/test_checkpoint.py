@@ -1,4 +1,4 @@
-"""Checkpoints: exact round trip of weights, noise and masks; damaged or foreign files are refused by name."""
+"""Checkpoints: exact round trip of weights, noise, masks and training state; damaged or foreign files are refused by name."""
 from __future__ import annotations
 
 import os
@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from bmrs.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from bmrs.checkpoint import CheckpointError, first_difference, load_checkpoint, read_checkpoint, save_checkpoint
 from bmrs.models import build_model, insert_noise, noise_points_for
 from bmrs.noise import noise_modules
 
@@ -119,3 +119,61 @@ def test_failed_load_leaves_model_unchanged(tmp_path):
         load_checkpoint(path, plain)
     changed = [k for k, v in plain.state_dict().items() if not torch.equal(before[k], v)]
     assert changed == []
+
+
+def test_training_state_round_trip(tmp_path):
+    """Adam's fused state, both random streams and gradient statistics come back exactly, through
+    weights_only loading."""
+    model = noisy_lenet(0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    model(torch.rand(4, 1, 28, 28)).sum().backward()
+    optimizer.step()
+    generator = torch.Generator().manual_seed(9)
+    torch.rand(3, generator=generator)
+    training = {"optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(), "shuffle": generator.get_state(),
+                "grad_sq": {"features.2.noise": torch.rand(6, dtype=torch.float64)}}  # fmt: skip
+    path = tmp_path / "train.pt"
+    save_checkpoint(path, model, META, training=training)
+    checkpoint = read_checkpoint(path)
+    assert checkpoint.meta == META
+    found = checkpoint.training
+    assert torch.equal(found["rng"], training["rng"]) and torch.equal(found["shuffle"], training["shuffle"])
+    assert torch.equal(found["grad_sq"]["features.2.noise"], training["grad_sq"]["features.2.noise"])
+    assert found["optimizer"]["param_groups"] == training["optimizer"]["param_groups"]
+    for index, state in training["optimizer"]["state"].items():
+        for key, tensor in state.items():
+            assert torch.equal(found["optimizer"]["state"][index][key], tensor), (index, key)
+    fresh = torch.optim.Adam(noisy_lenet(1).parameters(), lr=1e-3, fused=True)
+    fresh.load_state_dict(found["optimizer"])
+    assert fresh.state_dict()["param_groups"] == optimizer.state_dict()["param_groups"]
+    assert checkpoint.state_dict.keys() == model.state_dict().keys()
+
+
+def test_weights_only_checkpoint_has_no_training_state(tmp_path):
+    save_checkpoint(tmp_path / "w.pt", noisy_lenet(0), META)
+    assert read_checkpoint(tmp_path / "w.pt").training is None
+
+
+@pytest.mark.parametrize("value, where", [({"x": object()}, "training['x']"), ({"a": [1, {"b": {1.5}}]}, "training['a'][1]['b']"),
+                                           ({"a": {(1, 2): 3}}, "key (1, 2)")])  # fmt: skip
+def test_training_state_must_load_without_unpickling(tmp_path, value, where):
+    with pytest.raises(TypeError) as info:
+        save_checkpoint(tmp_path / "bad.pt", noisy_lenet(0), META, training=value)
+    assert where in str(info.value)
+    assert not any(tmp_path.iterdir()), "nothing written"
+
+
+def test_first_difference_names_the_setting():
+    checkpoint = {"train": {"lr": 0.1, "settings": {"ratio": 0.5}}, "data": "a"}
+    assert first_difference(checkpoint, checkpoint) is None
+    assert first_difference(checkpoint, {**checkpoint, "data": "b"}) == "data: 'a' in the checkpoint, 'b' now"
+    changed = {"train": {"lr": 0.1, "settings": {"ratio": 0.25}}, "data": "a"}
+    assert first_difference(checkpoint, changed) == "train.settings.ratio: 0.5 in the checkpoint, 0.25 now"
+    assert first_difference(checkpoint, {"train": {"lr": 0.1}, "data": "a"}).startswith("train.settings: ")
+    assert first_difference({"epochs": 1}, {"epochs": 1.0}) == "epochs: 1 in the checkpoint, 1.0 now"
+    assert first_difference(None, {"a": 1}) == "value: None in the checkpoint, {'a': 1} now"
+
+
+def test_first_difference_shortens_long_values():
+    message = first_difference({"a": "x" * 1000}, {"a": "y"})
+    assert len(message) < 200 and message.endswith("in the checkpoint, 'y' now")

@@ -2,17 +2,21 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
-from dataclasses import replace
+import re
+import shutil
+from dataclasses import asdict, replace
 
 import pytest
 import torch
 
-from bmrs.checkpoint import load_checkpoint
+from bmrs.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from bmrs.criteria import build_criterion
 from bmrs.data import DataBundle, Split
 from bmrs.models import build_model, insert_noise, noise_points_for
 from bmrs.noise import noise_modules
+from bmrs.noise_bank import attach_noise_bank
 from bmrs.train import (
     KLWeighting,
     TrainConfig,
@@ -213,3 +217,192 @@ def test_kl_weighting_must_be_the_enum():
 def test_unknown_criterion_in_config():
     with pytest.raises(ValueError):
         train_(noisy_mlp(), blobs(), TrainConfig(criterion="nope", **FAST))
+
+
+# Resuming: an interrupted run continues to the bit-identical result of an uninterrupted one.
+
+
+def synthetic_digits(num_train=512, seed=0) -> DataBundle:
+    """Random 1x28x28 images with random labels: enough for every code path, cheap for LeNet5."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def split(n):
+        return Split(torch.rand(n, 1, 28, 28, generator=generator), torch.randint(0, 10, (n,), generator=generator))
+
+    return DataBundle("synthetic", split(num_train), split(64), split(32), 10)
+
+
+def noisy_lenet(seed, noisy=True):
+    torch.manual_seed(seed)
+    model = build_model("lenet5", (1, 28, 28), 10)
+    if noisy:
+        insert_noise(model, noise_points_for("lenet5", model))
+        attach_noise_bank(model)
+    return model
+
+
+RESUME_CASES = {
+    # Interrupted after a training epoch, and inside fine-tuning.
+    "bmrs_n": (TrainConfig(epochs=2, finetune_epochs=2, batch_size=32, lr=5e-3, criterion="bmrs_n", progress=False), (1, 3)),
+    # prune_every=3: the gradient statistics of epochs 2 and 3 are summed across the interruption.
+    "grad": (TrainConfig(epochs=3, finetune_epochs=1, prune_every=3, batch_size=32, lr=5e-3, criterion="grad",
+                         criterion_settings={"ratio": 0.25}, progress=False), (2,)),
+    # The dense baseline: no noise layers, no criterion.
+    "none": (TrainConfig(epochs=2, finetune_epochs=0, batch_size=32, lr=5e-3, criterion=None, progress=False), (1,)),
+}  # fmt: skip
+
+
+def snapshot_every_epoch(monkeypatch, folder):
+    """Keep a copy of every epoch's checkpoint, as an interrupted run would have left it."""
+    import bmrs.train as train_module
+
+    original = train_module.save_checkpoint
+
+    def save_and_copy(path, model, meta, **kwargs):
+        original(path, model, meta, **kwargs)
+        shutil.copyfile(path, folder / f"epoch{meta['epoch']}.pt")
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save_and_copy)
+
+
+def without_seconds(history):
+    return [{k: v for k, v in asdict(record).items() if k != "seconds"} for record in history]
+
+
+def assert_trees_equal(a, b, where="checkpoint"):
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, (dict, list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), where
+        pairs = [(k, a[k], b[k]) for k in a] if isinstance(a, dict) else list(zip(range(len(a)), a, b))
+        for key, x, y in pairs:
+            assert_trees_equal(x, y, f"{where}[{key!r}]")
+    else:
+        assert a == b, where
+
+
+@pytest.mark.parametrize("case", sorted(RESUME_CASES))
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, monkeypatch, case):
+    config, cuts = RESUME_CASES[case]
+    data = synthetic_digits()
+    snapshot_every_epoch(monkeypatch, tmp_path)
+    noisy = config.criterion is not None
+    straight = train_(noisy_lenet(0, noisy), data, config, checkpoint_path=tmp_path / "straight.pt")
+    expected = read_checkpoint(tmp_path / "straight.pt")
+    total = config.epochs + config.finetune_epochs
+    assert [r.epoch for r in straight.history] == list(range(1, total + 1))
+    if case == "grad":
+        assert read_checkpoint(tmp_path / "epoch2.pt").training["grad_sq"], "statistics pending at the interruption"
+        assert straight.history[0].compression > 0.2, "masks change, so the restored masks are tested too"
+    for cut in cuts:
+        interrupted = tmp_path / f"epoch{cut}.pt"
+        assert read_checkpoint(interrupted).meta["epoch"] == cut
+        torch.manual_seed(123)  # the resumed process's RNG must not matter
+        model = noisy_lenet(7, noisy)  # nor its initial weights: everything comes from the checkpoint
+        resumed_path = tmp_path / f"resumed{cut}.pt"
+        resumed = train_(model, data, config, checkpoint_path=resumed_path, resume_from=interrupted)
+        assert without_seconds(resumed.history) == without_seconds(straight.history), f"cut {cut}"
+        for key, tensor in straight.model.state_dict().items():
+            assert torch.equal(model.state_dict()[key], tensor), f"cut {cut}: {key}"
+        found = read_checkpoint(resumed_path)
+        assert_trees_equal(found.state_dict, expected.state_dict, f"cut {cut} state_dict")
+        assert_trees_equal(found.training, expected.training, f"cut {cut} training")  # Adam, RNGs, grad_sq
+        assert found.meta["finished"] and found.meta["epoch"] == total
+
+
+def test_resume_from_a_finished_checkpoint_trains_nothing(tmp_path):
+    data, config = blobs(), TrainConfig(criterion="bmrs_n", **FAST)
+    path = tmp_path / "done.pt"
+    done = train_(noisy_mlp(), data, config, checkpoint_path=path)
+    calls = []
+    model = noisy_mlp(seed=3)
+    result = train_(model, data, config, compression=lambda m: calls.append(m) or 0.0, checkpoint_path=path, resume_from=path)
+    assert calls == [] and without_seconds(result.history) == without_seconds(done.history)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in done.model.state_dict().items())
+
+
+BASE = TrainConfig(epochs=1, finetune_epochs=1, batch_size=32, criterion="grad", criterion_settings={"ratio": 0.25}, progress=False)
+
+
+@pytest.fixture
+def finished_checkpoint(tmp_path):
+    path = tmp_path / "base.pt"
+    train_(noisy_mlp(), blobs(), BASE, checkpoint_path=path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [(dict(lr=2e-3), "train.lr: 0.0014 in the checkpoint, 0.002 now"), (dict(epochs=2), "train.epochs"),
+     (dict(criterion_settings={"ratio": 0.5}), "train.criterion_settings.ratio"), (dict(seed=1), "train.seed"),
+     (dict(kl_weighting=KLWeighting.LAYER_MEAN), "train.kl_weighting")],
+)  # fmt: skip
+def test_resume_under_other_settings_is_refused_by_name(finished_checkpoint, change, named):
+    model = noisy_mlp(seed=5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError, match=re.escape(named)) as info:
+        train_(model, blobs(), replace(BASE, **change), resume_from=finished_checkpoint)
+    assert "base.pt" in str(info.value) and "resume with the settings" in str(info.value)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_resume_with_another_model_or_data_is_refused(finished_checkpoint):
+    with pytest.raises(CheckpointError, match=r"model\.modules\.1"):
+        train_(noisy_mlp(width=12), blobs(), BASE, resume_from=finished_checkpoint)
+    with pytest.raises(CheckpointError, match=r"data\.train_digest"):
+        train_(noisy_mlp(), blobs(seed=1), BASE, resume_from=finished_checkpoint)
+    # Progress bars are not part of the result.
+    train_(noisy_mlp(), blobs(), replace(BASE, progress=True), resume_from=finished_checkpoint)
+
+
+def test_resume_needs_a_training_checkpoint(tmp_path):
+    weights_only = tmp_path / "weights.pt"
+    save_checkpoint(weights_only, noisy_mlp(), {"epoch": 1})
+    with pytest.raises(CheckpointError, match="weights only"):
+        train_(noisy_mlp(), blobs(), BASE, resume_from=weights_only)
+    with pytest.raises(CheckpointError, match="absent.pt"):
+        train_(noisy_mlp(), blobs(), BASE, resume_from=tmp_path / "absent.pt")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00" * 100)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        train_(noisy_mlp(), blobs(), BASE, resume_from=garbage)
+
+
+@pytest.mark.parametrize("damage", ["rng", "optimizer", "grad_sq", "history"])
+def test_damaged_training_state_is_refused_before_anything_changes(finished_checkpoint, tmp_path, damage):
+    payload = torch.load(finished_checkpoint, weights_only=True)
+    if damage == "rng":
+        payload["training"]["rng"] = torch.zeros(7, dtype=torch.uint8)
+    elif damage == "optimizer":
+        payload["training"]["optimizer"]["param_groups"][0]["params"] = [0]
+    elif damage == "grad_sq":
+        payload["training"]["grad_sq"] = {"1.noise": torch.zeros(3)}
+    else:
+        meta = json.loads(payload["meta"])
+        meta["history"] = meta["history"][:1]
+        payload["meta"] = json.dumps(meta)
+    damaged = tmp_path / "damaged.pt"
+    torch.save(payload, damaged)
+    model = noisy_mlp(seed=5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    with pytest.raises(CheckpointError, match="damaged.pt"):
+        train_(model, blobs(), BASE, resume_from=damaged)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_resume_in_another_environment_warns(finished_checkpoint, monkeypatch):
+    monkeypatch.setenv("BMRS_COMPILE", "0")
+    with pytest.warns(UserWarning, match=r"compiled: True in the checkpoint, False now.*not bit for bit"):
+        train_(noisy_mlp(), blobs(), BASE, resume_from=finished_checkpoint)
+
+
+def test_resume_needs_the_recorded_settings(finished_checkpoint, tmp_path):
+    payload = torch.load(finished_checkpoint, weights_only=True)
+    meta = json.loads(payload["meta"])
+    del meta["fingerprint"]
+    payload["meta"] = json.dumps(meta)
+    torch.save(payload, tmp_path / "anonymous.pt")
+    with pytest.raises(CheckpointError, match="does not record the settings"):
+        train_(noisy_mlp(), blobs(), BASE, resume_from=tmp_path / "anonymous.pt")

@@ -146,3 +146,36 @@ def test_slice_refuses_coupled_layers_with_separate_masks() -> None:
     keep_b = torch.tensor([True, True, True, False, True, True])
     with pytest.raises(ValueError, match="coupled"):
         slice_(Residual(), {"a": keep_a, "b": keep_b}, torch.randn(2, 4))
+
+
+class _Summed(nn.Module):
+    """Two Linear layers whose outputs are added: their output structures are coupled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.left = nn.Linear(4, 6)
+        self.right = nn.Linear(4, 6)
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.left(x) + self.right(x)))
+
+
+def test_check_sliceable_refuses_coupled_noise_points_before_training():
+    from bmrs.models import every_hidden_layer, insert_noise
+    from export.slicing import check_sliceable
+
+    model = insert_noise(_Summed(), every_hidden_layer(_Summed()))
+    with pytest.raises(ValueError, match="coupled"):
+        check_sliceable(model, torch.rand(3, 4))
+
+
+def test_check_sliceable_accepts_lenet5_and_leaves_it_untouched():
+    from bmrs.models import build_model, insert_noise, noise_points_for
+    from export.slicing import check_sliceable
+
+    model = build_model("lenet5", (1, 28, 28), 10)
+    insert_noise(model, noise_points_for("lenet5", model))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    check_sliceable(model, torch.rand(2, 1, 28, 28))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

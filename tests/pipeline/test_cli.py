@@ -1,14 +1,22 @@
-"""`bmrs run` end to end on real Fashion-MNIST (a subset), and its exit code 2 for bad input."""
+"""`bmrs run` and `bmrs resume` end to end on real Fashion-MNIST (a subset), and exit code 2 for bad input."""
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import onnx
 import pytest
+import torch
+
+from bmrs.checkpoint import read_checkpoint
+from pipeline.cli import main
+from pipeline.config import ConfigError, FlowConfig, load_flow
+from pipeline.resume import flow_config_from_dict
 
 REPO = Path(__file__).resolve().parents[2]
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -17,7 +25,7 @@ needs_fmnist = pytest.mark.skipif(
 )
 
 
-def bmrs(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+def environment(tmp_path: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         PREFECT_HOME=str(tmp_path / "prefect"),
@@ -25,8 +33,14 @@ def bmrs(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
         BMRS_CACHE_DIR=str(tmp_path / "cache"),
     )
     env.pop("PREFECT_API_URL", None)
-    command = [sys.executable, "-m", "pipeline.cli", "run", str(REPO / "flows.yaml"), *args]
-    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    return env
+
+
+def bmrs(tmp_path: Path, *args: str, cwd: Path | None = None, command: str = "run") -> subprocess.CompletedProcess:
+    """``bmrs run flows.yaml ARGS`` (or ``bmrs resume ARGS``) in ``cwd`` (default ``tmp_path``)."""
+    head = ["run", str(REPO / "flows.yaml")] if command == "run" else [command]
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *head, *args], cwd=cwd or tmp_path,
+                          env=environment(tmp_path), capture_output=True, text=True, timeout=600)  # fmt: skip
 
 
 QUICK = [
@@ -99,3 +113,118 @@ def test_nan_loss_fails_clearly_and_keeps_finished_epochs(tmp_path):
     (run_dir,) = (tmp_path / "runs" / "default").iterdir()
     assert json.loads((run_dir / "status.json").read_text())["state"] == "failed"
     assert not (run_dir / "report.json").exists()
+
+
+def start_and_kill_after_first_checkpoint(tmp_path: Path, cwd: Path, *args: str) -> Path:
+    """Start ``bmrs run`` and SIGKILL it (and the Prefect server it started) once its first
+    training checkpoint exists: a crash at an epoch boundary, as abrupt as a power cut."""
+    cwd.mkdir()
+    command = [sys.executable, "-m", "pipeline.cli", "run", str(REPO / "flows.yaml"), *args]
+    process = subprocess.Popen(command, cwd=cwd, env=environment(tmp_path), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 300
+    try:
+        while not list(cwd.glob("runs/*/*/train/checkpoint.pt")):
+            if process.poll() is not None:
+                pytest.fail(f"bmrs run ended (exit {process.returncode}) before its first checkpoint: {process.stderr.read()}")
+            if time.monotonic() > deadline:
+                pytest.fail("no checkpoint within 300 s")
+            time.sleep(0.02)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # its own process group: this run and its Prefect server only
+        process.wait()
+        process.stderr.close()
+    (run_dir,) = cwd.glob("runs/*/*")
+    return run_dir
+
+
+# Gradient pruning: which structures go depends on every step's gradients. No baseline, fewer
+# examples: each of the three processes below pays about 10 s of start-up (imports, Prefect server).
+RESUMABLE = [*QUICK, "--set", "data.max_train_examples=1500", "--set", "baseline.enabled=false",
+             "--set", "train.criterion=grad", "--set", "train.criterion_settings={ratio: 0.3}"]  # fmt: skip
+
+
+@needs_fmnist
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
+    run_dir = start_and_kill_after_first_checkpoint(tmp_path, tmp_path / "killed", *RESUMABLE)
+    interrupted = read_checkpoint(run_dir / "train" / "checkpoint.pt").meta
+    assert 1 <= interrupted["epoch"] < 3 and not interrupted["finished"]
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "running"  # nobody could record the crash
+
+    resumed = bmrs(tmp_path, str(run_dir), command="resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert str(run_dir) in resumed.stdout and "report.json" in resumed.stdout
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "completed"
+
+    (tmp_path / "straight").mkdir()
+    straight = bmrs(tmp_path, *RESUMABLE, cwd=tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr
+    (straight_dir,) = (tmp_path / "straight").glob("runs/*/*")
+
+    reports = [json.loads((d / "report.json").read_text()) for d in (run_dir, straight_dir)]
+    for report in reports:
+        report["pruned"].pop("onnx", None)
+    assert reports[0]["pruned"] == reports[1]["pruned"]  # params, FLOPs, accuracy, NLL, ECE, widths
+    assert reports[0]["pruned"]["compression"] > 0.2
+    assert reports[0]["dense"]["params"] == reports[1]["dense"]["params"]
+    checkpoints = [read_checkpoint(d / "train" / "checkpoint.pt") for d in (run_dir, straight_dir)]
+    for key, tensor in checkpoints[1].state_dict.items():
+        assert torch.equal(checkpoints[0].state_dict[key], tensor), key
+    histories = [json.loads((d / "train" / "history.json").read_text()) for d in (run_dir, straight_dir)]
+    for history in histories:
+        for record in history:
+            record.pop("seconds")
+    assert histories[0] == histories[1] and len(histories[0]) == 3
+
+    # A completed run is reported as such, and nothing is redone.
+    report_bytes = (run_dir / "report.json").read_bytes()
+    again = bmrs(tmp_path, str(run_dir), command="resume")
+    assert again.returncode == 0 and "already completed" in again.stdout, again.stderr
+    assert (run_dir / "report.json").read_bytes() == report_bytes
+
+
+def one_error_line(capsys) -> str:
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("bmrs: error: "), lines
+    return lines[0]
+
+
+def test_resume_refuses_a_bad_run_dir_with_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["resume", str(tmp_path / "absent")]) == 2
+    assert "does not exist" in one_error_line(capsys)
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["resume", str(empty)]) == 2
+    assert "no config.json" in one_error_line(capsys)
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    assert main(["resume", str(broken)]) == 2
+    assert "not readable JSON" in one_error_line(capsys)
+
+    (broken / "config.json").write_text(json.dumps({**FlowConfig(name="default").to_dict(), "train": {"epochz": 3}}))
+    assert main(["resume", str(broken)]) == 2
+    assert "train.epochz: unknown setting" in one_error_line(capsys)
+
+    run_dir = tmp_path / "corrupt"
+    (run_dir / "train").mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps(FlowConfig(name="default").to_dict()))
+    (run_dir / "status.json").write_text('{"state": "running"}')
+    (run_dir / "train" / "checkpoint.pt").write_bytes(b"\x00" * 64)
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    assert main(["resume", str(run_dir)]) == 2
+    line = one_error_line(capsys)
+    assert "checkpoint.pt" in line and "corrupt" in line
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before, "nothing changed or deleted"
+
+
+def test_run_config_round_trips_through_config_json():
+    config = load_flow(REPO / "flows.yaml", "default", ["train.criterion=none", "latency.batch_sizes=[1, 64]",
+                                                       "train.criterion_settings={}", "model.name=mlp"])  # fmt: skip
+    assert flow_config_from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    named = load_flow(REPO / "flows.yaml", "mlp_fmnist_bmrs_u8")
+    assert flow_config_from_dict(json.loads(json.dumps(named.to_dict()))) == named
+    with pytest.raises(ConfigError, match="name"):
+        flow_config_from_dict({"train": {}})

@@ -1,0 +1,59 @@
+"""What ``bmrs resume RUN_DIR`` needs before it can hand a run directory back to the flow.
+
+A run directory holds its resolved ``FlowConfig`` as ``config.json`` (written by
+``steps.new_run_dir``); it is rebuilt here through the same typed builder as ``flows.yaml``, so a
+hand-edited or damaged file is refused with the setting at fault. Every check happens before
+anything in the directory is written: a refused resume leaves the directory exactly as it was.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+from bmrs.checkpoint import read_checkpoint
+from pipeline.config import ConfigError, FlowConfig, _build, _validate_names
+
+STAGE_FOLDERS = ("train", "baseline")
+
+
+class RunDirError(ValueError):
+    """The directory is not a bmrs run directory that can be resumed."""
+
+
+def flow_config_from_dict(tree: Mapping[str, Any]) -> FlowConfig:
+    """The ``FlowConfig`` whose ``to_dict()`` is ``tree`` (the inverse of ``FlowConfig.to_dict``)."""
+    if not isinstance(tree, Mapping) or not isinstance(tree.get("name"), str):
+        raise ConfigError(f"expected a mapping of sections with a string 'name' (FlowConfig.to_dict()), got {tree!r:.80}")
+    config = _build(FlowConfig, tree, tree["name"])
+    _validate_names(config)
+    return config
+
+
+def read_run_config(run_dir: Path) -> FlowConfig:
+    """The configuration a run was started with, from ``run_dir/config.json``."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunDirError(f"run directory {str(run_dir)!r} does not exist; pass the directory `bmrs run` printed")
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise RunDirError(
+            f"{str(run_dir)!r} has no config.json, so it is not a bmrs run directory; pass the directory "
+            "`bmrs run` printed (runs/<flow>/<run-id>)"
+        )
+    try:
+        tree = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RunDirError(f"{str(path)!r} is not readable JSON ({error}); the run cannot be resumed, start a new one") from error
+    try:
+        return flow_config_from_dict(tree)
+    except ConfigError as error:
+        raise RunDirError(f"{str(path)!r} is not a valid run configuration ({error}); start a new run") from error
+
+
+def check_checkpoints(run_dir: Path) -> None:
+    """Read every stage checkpoint the run left, so that a damaged one is reported before work starts."""
+    for folder in STAGE_FOLDERS:
+        path = Path(run_dir) / folder / "checkpoint.pt"
+        if path.exists():
+            read_checkpoint(path)  # raises CheckpointError naming the file
