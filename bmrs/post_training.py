@@ -115,13 +115,14 @@ def post_training_prune(
     data: DataBundle,
     config: PostTrainingConfig,
     *,
-    compression: Callable[[nn.Module], float] | None = None,
+    compression: Callable[[nn.Module], float],
 ) -> PruningCurve:
     """The accuracy-vs-compression curve of ``model`` pruned by ``config.criterion``'s ranking.
 
     ``model`` is left untouched: one copy is pruned and fine-tuned step after step, so memory stays
-    at one extra model whatever ``steps`` is. ``compression`` measures a noisy model; the default is
-    the parameter compression of the physically sliced model (``export.slicing``).
+    at one extra model whatever ``steps`` is. ``compression`` measures a noisy model: pass
+    ``lambda m: export.slicing.parameter_compression(m, example_batch)`` for the fraction of
+    parameters slicing removes (bmrs does not depend on export, so the caller supplies it).
     """
     if not isinstance(config, PostTrainingConfig):
         raise TypeError(f"config must be a PostTrainingConfig, got {type(config).__name__}")
@@ -130,11 +131,6 @@ def post_training_prune(
             "post-training pruning ranks noise-layer structures, and this model has no noise layers; "
             "insert them with bmrs.models.insert_noise and train before pruning"
         )
-    if compression is None:
-        from export.slicing import parameter_compression  # torch-pruning is heavy; only load it when used
-
-        example = data.test.images[:2]
-        compression = lambda m: parameter_compression(m, example)  # noqa: E731
     work = copy.deepcopy(model)
     criterion = build_criterion(config.criterion, **config.criterion_settings)
     ranking, boundary, stop = _rank(work, data, criterion, config)

@@ -11,8 +11,19 @@ from bmrs.data import DataBundle, Split
 from bmrs.metrics import classification_metrics
 from bmrs.models import build_model, insert_noise, noise_points_for
 from bmrs.noise import noise_modules
-from bmrs.post_training import PostTrainingConfig, PruningCurve, knee_index, post_training_prune
+from bmrs.post_training import (
+    PostTrainingConfig,
+    PruningCurve,
+    knee_index,
+    post_training_prune,
+)
 from bmrs.train import TrainConfig, train_
+from export.slicing import parameter_compression
+
+
+def sliced_compression(data):
+    example = data.test.images[:2]
+    return lambda model: parameter_compression(model, example)
 
 SHAPE = (1, 28, 28)
 
@@ -79,7 +90,7 @@ def check_curve(curve: PruningCurve, model):
 @pytest.mark.parametrize("criterion", ["snr", "l2", "bmrs_n"])
 def test_curve_shape(trained, data, criterion):
     before = {k: v.clone() for k, v in trained.state_dict().items()}
-    curve = post_training_prune(trained, data, fast(criterion))
+    curve = post_training_prune(trained, data, fast(criterion), compression=sliced_compression(data))
     check_curve(curve, trained)
     # The trained model itself is not pruned or fine-tuned.
     assert all(torch.equal(before[k], v) for k, v in trained.state_dict().items())
@@ -99,7 +110,7 @@ def test_bmrs_boundary_matches_direct_count(trained, data):
         view = LayerView(name, noise, trained.get_submodule(noise.source))
         direct += int((criterion.decide(view).prune & noise.mask).sum())
     assert direct >= 6  # the units started at theta ~ e^-19
-    curve = post_training_prune(trained, data, fast("bmrs_n", steps=3, finetune_epochs=0))
+    curve = post_training_prune(trained, data, fast("bmrs_n", steps=3, finetune_epochs=0), compression=sliced_compression(data))
     assert curve.bmrs_boundary == direct
     stop = curve.points[curve.bmrs_stop_index]
     assert stop.removed == direct
@@ -108,13 +119,13 @@ def test_bmrs_boundary_matches_direct_count(trained, data):
     regular = {round(i * curve.points[-1].removed / 3) for i in range(4)}
     assert {p.removed for p in curve.points} == regular | {direct}
 
-    unstopped = post_training_prune(trained, data, fast("bmrs_n", steps=3, finetune_epochs=0, stop_at_bmrs_boundary=False))
+    unstopped = post_training_prune(trained, data, fast("bmrs_n", steps=3, finetune_epochs=0, stop_at_bmrs_boundary=False), compression=sliced_compression(data))
     assert unstopped.bmrs_boundary == direct
     assert {p.removed for p in unstopped.points} == regular
 
 
 def test_grad_criterion_collects_statistics(trained, data):
-    curve = post_training_prune(trained, data, fast("grad", steps=2, finetune_epochs=0))
+    curve = post_training_prune(trained, data, fast("grad", steps=2, finetune_epochs=0), compression=sliced_compression(data))
     check_curve(curve, trained)
 
 
@@ -134,7 +145,7 @@ def test_bad_configs():
 def test_model_without_noise_is_refused(data):
     model = build_model("mlp", SHAPE, 10, hidden_width=8, hidden_layers=1)
     with pytest.raises(ValueError, match="no noise layers"):
-        post_training_prune(model, data, PostTrainingConfig(criterion="snr"))
+        post_training_prune(model, data, PostTrainingConfig(criterion="snr"), compression=sliced_compression(data))
 
 
 def test_knee_on_hand_made_curve():
