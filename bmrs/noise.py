@@ -18,6 +18,12 @@ from bmrs.reduction import PAPER_LOG_A, PAPER_LOG_B
 LOG_SIGMA_RANGE = (-20.0, 5.0)
 
 
+def sigma_from_log(log_sigma: Tensor) -> Tensor:
+    """The posterior's sigma; ``log sigma`` is clamped as in the authors' code, so no step can
+    collapse a posterior to a point or spread it beyond any use."""
+    return torch.exp(torch.clamp(log_sigma, *LOG_SIGMA_RANGE))
+
+
 class LogNormalNoise(nn.Module):
     """Learned truncated log-normal noise, one variable per structure along ``dim``.
 
@@ -56,7 +62,7 @@ class LogNormalNoise(nn.Module):
         return self.mu.numel()
 
     def sigma(self) -> Tensor:
-        return torch.exp(torch.clamp(self.log_sigma, *LOG_SIGMA_RANGE))
+        return sigma_from_log(self.log_sigma)
 
     def _broadcast_shape(self, x: Tensor) -> list[int]:
         dim = self.dim % x.dim()
@@ -138,7 +144,7 @@ class LogNormalNoise(nn.Module):
 
 def _masked_kl(mu: Tensor, log_sigma: Tensor, mask: Tensor, log_a: float, log_b: float) -> Tensor:
     """Per-structure ``KL(q || p)`` in float64, zero where ``mask`` is False, in ``mu``'s dtype."""
-    sigma = torch.exp(torch.clamp(log_sigma, *LOG_SIGMA_RANGE))
+    sigma = sigma_from_log(log_sigma)
     return (truncnorm.kl_to_log_uniform(mu.double(), sigma.double(), log_a, log_b) * mask).to(mu.dtype)
 
 

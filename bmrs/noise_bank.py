@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from bmrs.sampling import TruncatedNormalDraw
-from bmrs.noise import LOG_SIGMA_RANGE, LogNormalNoise, WeightedKL, masked_kl, noise_modules
+from bmrs.noise import LogNormalNoise, WeightedKL, noise_modules, sigma_from_log
 
 
 class NoiseBank:
@@ -52,10 +52,11 @@ class NoiseBank:
         return clone
 
     def _parameters(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Every layer's ``mu``, ``log sigma`` and mask, concatenated in layer order."""
         mu = torch.cat([layer.mu for layer in self.layers])
         log_sigma = torch.cat([layer.log_sigma for layer in self.layers])
         mask = torch.cat([layer.mask for layer in self.layers])
-        return mu, torch.exp(torch.clamp(log_sigma, *LOG_SIGMA_RANGE)), mask
+        return mu, log_sigma, mask
 
     def theta_for(self, layer: LogNormalNoise, batch: int) -> Tensor:
         """This layer's ``(batch, C)`` slice of the current forward pass's draw.
@@ -65,26 +66,16 @@ class NoiseBank:
         """
         index = self._index[id(layer)]
         if self._draw is None or index in self._consumed or self._draw.shape[0] != batch:
-            mu, sigma, mask = self._parameters()
+            mu, log_sigma, mask = self._parameters()
             uniform = torch.rand(batch, mu.numel(), device=mu.device, dtype=mu.dtype)
-            self._draw = TruncatedNormalDraw.apply(mu, sigma, uniform, self.log_a, self.log_b, mask)
+            self._draw = TruncatedNormalDraw.apply(mu, sigma_from_log(log_sigma), uniform, self.log_a, self.log_b, mask)
             self._consumed = set()
         self._consumed.add(index)
         return self._draw[:, self._offsets[index] : self._offsets[index + 1]]
 
-    def kl_per_structure(self) -> Tensor:
-        """Every structure's ``KL(q || p)`` (zero where pruned), layers concatenated in order."""
-        mu = torch.cat([layer.mu for layer in self.layers])
-        log_sigma = torch.cat([layer.log_sigma for layer in self.layers])
-        mask = torch.cat([layer.mask for layer in self.layers])
-        return masked_kl(mu, log_sigma, mask, self.log_a, self.log_b)
-
     def weighted_kl(self, weights: Tensor) -> Tensor:
         """``sum(weights * KL)`` over every structure, layers concatenated in order."""
-        mu = torch.cat([layer.mu for layer in self.layers])
-        log_sigma = torch.cat([layer.log_sigma for layer in self.layers])
-        mask = torch.cat([layer.mask for layer in self.layers])
-        return WeightedKL.apply(mu, log_sigma, mask, weights, self.log_a, self.log_b)
+        return WeightedKL.apply(*self._parameters(), weights, self.log_a, self.log_b)
 
     def layer_mean_weights(self, like: Tensor) -> Tensor:
         """Weights that turn the concatenated KL into the mean over layers of per-layer means."""

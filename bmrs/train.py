@@ -30,6 +30,7 @@ from tqdm import tqdm
 from bmrs.checkpoint import CheckpointError, check_fits, first_difference, read_checkpoint, save_checkpoint
 from bmrs.criteria import Criterion, LayerView, build_criterion
 from bmrs.data import DataBundle, Split
+from bmrs.metrics import classification_metrics
 from bmrs.fused import compile_enabled
 from bmrs.noise import LogNormalNoise, noise_modules
 
@@ -127,18 +128,10 @@ def kl_penalty(noises: list[LogNormalNoise], weighting: KLWeighting, scale: floa
     return scale * torch.stack([noise.kl().mean() for noise in noises]).mean()
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, split: Split, batch_size: int = 2048) -> tuple[float, float]:
     """(accuracy, mean NLL) in evaluation mode, i.e. with ``E[theta]`` in place of the noise."""
-    was_training = model.training
-    model.eval()
-    correct, nll = 0, 0.0
-    for images, labels in split.batches(batch_size):
-        logits = model(images)
-        nll += float(F.cross_entropy(logits, labels, reduction="sum"))
-        correct += int((logits.argmax(1) == labels).sum())
-    model.train(was_training)
-    return correct / len(split), nll / len(split)
+    metrics = classification_metrics(model, split, batch_size)
+    return metrics.accuracy, metrics.nll
 
 
 def structure_compression(model: nn.Module) -> float:
