@@ -11,7 +11,7 @@ its settings; the test-suite iterates the registry, so registering is enough to 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Protocol
 
 import torch
@@ -177,32 +177,62 @@ def incoming_weight_norm(source: nn.Module) -> Tensor:
     return weight.flatten(1).norm(dim=1)
 
 
-@register_criterion("l2")
 @dataclass(frozen=True)
-class IncomingWeightNorm:
-    """Magnitude pruning: remove ``ratio`` of each layer's structures, smallest incoming-weight L2 norm first."""
+class _FractionPerLayer:
+    """Settings of the fixed-fraction criteria: ``ratio`` for every layer, unless ``layer_ratios``
+    (noise-layer name -> fraction) gives each layer its own, e.g. the per-layer compression another
+    criterion reached, so that two criteria are compared at the same sizes."""
 
     ratio: float = 0.5
-    needs_gradients: ClassVar[bool] = False
+    layer_ratios: dict[str, float] | None = field(default=None)
 
     def __post_init__(self) -> None:
         _check_ratio(self.ratio)
+        if self.layer_ratios is None:
+            return
+        if not isinstance(self.layer_ratios, dict):
+            raise TypeError(
+                f"layer_ratios maps noise-layer names to fractions, e.g. {{'0': 0.5}}; got {type(self.layer_ratios).__name__}"
+            )
+        for name, value in self.layer_ratios.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"layer_ratios[{name!r}] must be a number in [0, 1), got {value!r}")
+            try:
+                _check_ratio(float(value))
+            except ValueError as error:
+                raise ValueError(f"layer_ratios[{name!r}]: {error}") from None
+
+    def ratio_for(self, layer: str) -> float:
+        if self.layer_ratios is None:
+            return self.ratio
+        if layer not in self.layer_ratios:
+            raise ValueError(
+                f"layer_ratios has no fraction for noise layer {layer!r} (it names {sorted(self.layer_ratios)}); "
+                f"add {layer!r} to layer_ratios, or leave layer_ratios unset to remove ratio={self.ratio} of every layer"
+            )
+        return float(self.layer_ratios[layer])
+
+
+@register_criterion("l2")
+@dataclass(frozen=True)
+class IncomingWeightNorm(_FractionPerLayer):
+    """Magnitude pruning: remove ``ratio`` of each layer's structures (or its ``layer_ratios`` entry),
+    smallest incoming-weight L2 norm first."""
+
+    needs_gradients: ClassVar[bool] = False
 
     def decide(self, layer: LayerView) -> Decision:
-        return _lowest_fraction(layer.noise, incoming_weight_norm(layer.source), self.ratio)
+        return _lowest_fraction(layer.noise, incoming_weight_norm(layer.source), self.ratio_for(layer.name))
 
 
 @register_criterion("grad")
 @dataclass(frozen=True)
-class GradientNorm:
-    """Gradient pruning (paper appendix E): remove ``ratio`` of each layer's structures with the
-    smallest L2 norm of the loss gradient of their incoming weights, accumulated over an epoch."""
+class GradientNorm(_FractionPerLayer):
+    """Gradient pruning (paper appendix E): remove ``ratio`` of each layer's structures (or its
+    ``layer_ratios`` entry) with the smallest L2 norm of the loss gradient of their incoming weights,
+    accumulated over an epoch."""
 
-    ratio: float = 0.5
     needs_gradients: ClassVar[bool] = True
-
-    def __post_init__(self) -> None:
-        _check_ratio(self.ratio)
 
     def decide(self, layer: LayerView) -> Decision:
         if layer.grad_sq is None:
@@ -210,4 +240,4 @@ class GradientNorm:
                 f"criterion 'grad' needs gradient statistics for layer {layer.name!r}; "
                 "run it through the training loop, which collects them when needs_gradients is set"
             )
-        return _lowest_fraction(layer.noise, layer.grad_sq.detach().double().sqrt(), self.ratio)
+        return _lowest_fraction(layer.noise, layer.grad_sq.detach().double().sqrt(), self.ratio_for(layer.name))

@@ -9,12 +9,14 @@ sliced away.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Callable
 
+import torch
 from torch import Tensor, nn
 
 from bmrs.noise import LogNormalNoise, noise_modules
+from bmrs.noise_bank import attach_noise_bank
 from bmrs.user_models import build_user_model, is_user_model
 
 ModelFactory = Callable[..., nn.Module]
@@ -251,6 +253,37 @@ def explicit_points(model: nn.Module, paths: tuple[str, ...] | list[str]) -> lis
     return [NoisePoint(path, path, _out_channels(layers[path])) for path in valid if path in seen]
 
 
+@dataclass(frozen=True)
+class NoiseInit:
+    """Where every noise posterior starts and the truncation it lives in (paper section 5: log a = -20,
+    log b = 0; the authors' code starts every structure at mu = 0, log sigma = -5, i.e. theta ~ 1)."""
+
+    init_mu: float = 0.0
+    init_log_sigma: float = -5.0
+    log_a: float = -20.0
+    log_b: float = 0.0
+
+
+def build_network(
+    name: str,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    options: dict[str, object] | None = None,
+    noise: NoiseInit | None = None,
+    noise_points: tuple[str, ...] | list[str] | None = None,
+    seed: int = 0,
+) -> nn.Module:
+    """The registered model, seeded, with noise at its noise points (and one noise bank) when
+    ``noise`` is given: what training, resuming and benchmarks all build the same way."""
+    torch.manual_seed(seed)
+    model = build_model(name, input_shape, num_classes, **(options or {}))
+    if noise is not None:
+        insert_noise(model, noise_points_for(name, model, noise_points), **asdict(noise))
+        attach_noise_bank(model)
+    return model
+
+
 def noise_points_for(
     model_name: str, model: nn.Module, explicit: tuple[str, ...] | list[str] | None = None
 ) -> list[NoisePoint]:
@@ -262,7 +295,7 @@ def noise_points_for(
 
 
 __all__ = [
-    "MLP_PRESETS", "MODELS", "NOISE_RULES", "LeNet5", "MlpShape", "NoisePoint", "Noised", "build_model",
+    "MLP_PRESETS", "MODELS", "NOISE_RULES", "LeNet5", "MlpShape", "NoiseInit", "NoisePoint", "Noised", "build_model", "build_network",
     "every_hidden_layer", "explicit_points", "insert_noise", "lenet5_points", "mlp_settings", "noise_modules",
     "noise_points_for", "register_model",
 ]  # fmt: skip

@@ -18,6 +18,18 @@ from bmrs.reduction import PAPER_LOG_A, PAPER_LOG_B
 LOG_SIGMA_RANGE = (-20.0, 5.0)
 
 
+@torch.no_grad()
+def project_log_sigma_(noises: list[LogNormalNoise]) -> None:
+    """Put every ``log sigma`` back into ``LOG_SIGMA_RANGE`` after an optimiser step.
+
+    The clamp in ``sigma_from_log`` has zero gradient outside the range, so a step that carries a
+    posterior past a bound (Adam's momentum does) would leave it there for good: a structure whose
+    sigma overshot the top could never sharpen again. Projecting the parameter keeps it where the
+    gradient still reaches it."""
+    for noise in noises:
+        noise.log_sigma.clamp_(*LOG_SIGMA_RANGE)
+
+
 def sigma_from_log(log_sigma: Tensor) -> Tensor:
     """The posterior's sigma; ``log sigma`` is clamped as in the authors' code, so no step can
     collapse a posterior to a point or spread it beyond any use."""

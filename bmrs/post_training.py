@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from bmrs.criteria import CRITERIA, Criterion, LayerView, build_criterion
 from bmrs.data import DataBundle
 from bmrs.metrics import classification_metrics
-from bmrs.noise import LogNormalNoise, noise_modules
+from bmrs.noise import noise_modules
 from bmrs.train import TrainConfig, train_
 
 
@@ -172,7 +172,7 @@ def _rank(
     the boundary allows). Each layer's best structure is left out of the ranking: a layer with no
     structure outputs a constant, which cuts the network's output off from its input."""
     noises = noise_modules(model)
-    grad_sq = _gradient_statistics(model, data, noises, config) if criterion.needs_gradients else {}
+    grad_sq = gradient_statistics(model, data, batch_size=config.batch_size, seed=config.seed) if criterion.needs_gradients else {}
     names, indices, scores, prunes = [], [], [], []
     boundary = 0
     for name, noise in noises.items():
@@ -206,16 +206,15 @@ def _rank(
     return ranking, boundary, allowed
 
 
-def _gradient_statistics(
-    model: nn.Module, data: DataBundle, noises: dict[str, LogNormalNoise], config: PostTrainingConfig
-) -> dict[str, Tensor]:
+def gradient_statistics(model: nn.Module, data: DataBundle, *, batch_size: int, seed: int = 0) -> dict[str, Tensor]:
     """One pass over the training data summing each structure's squared loss gradient of its
     incoming weights per minibatch, as training does for the ``grad`` criterion; no step is taken."""
-    torch.manual_seed(config.seed)  # the noise draws, so that the statistics are reproducible
+    noises = noise_modules(model)
+    torch.manual_seed(seed)  # the noise draws, so that the statistics are reproducible
     was_training = model.training
     model.train()
     sums: dict[str, Tensor] = {}
-    for images, labels in data.train.batches(config.batch_size):
+    for images, labels in data.train.batches(batch_size):
         model.zero_grad(set_to_none=True)
         F.cross_entropy(model(images), labels).backward()
         for name, noise in noises.items():

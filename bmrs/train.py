@@ -32,7 +32,7 @@ from bmrs.criteria import Criterion, LayerView, build_criterion
 from bmrs.data import DataBundle, Split
 from bmrs.metrics import classification_metrics
 from bmrs.fused import compile_enabled
-from bmrs.noise import LogNormalNoise, noise_modules
+from bmrs.noise import LogNormalNoise, noise_modules, project_log_sigma_
 
 
 class KLWeighting(enum.Enum):
@@ -54,6 +54,7 @@ class TrainConfig:
     epochs: int = 50
     finetune_epochs: int = 10
     prune_every: int = 1
+    prune_start: int = 1  # the first epoch after which the criterion runs; then every prune_every epochs
     batch_size: int = 32
     lr: float = 1.4e-3
     kl_weighting: KLWeighting = KLWeighting.ELBO
@@ -66,9 +67,14 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "prune_every", "eval_batch_size", "min_structures_per_layer"):
+        for name in ("epochs", "batch_size", "prune_every", "prune_start", "eval_batch_size", "min_structures_per_layer"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.prune_start > self.epochs:
+            raise ValueError(
+                f"train.prune_start ({self.prune_start}) is after the last training epoch ({self.epochs}), "
+                "so nothing would be pruned; set it to at most train.epochs"
+            )
         if self.finetune_epochs < 0:
             raise ValueError(f"train.finetune_epochs must be >= 0, got {self.finetune_epochs}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -194,6 +200,11 @@ def _digest(split: Split) -> str:
         hasher.update(f"{tensor.dtype}{list(tensor.shape)}".encode())
         hasher.update(tensor.detach().cpu().contiguous().numpy().data)
     return f"{len(split)} examples, {hasher.hexdigest()}"
+
+
+def _prunes_after(epoch: int, config: TrainConfig) -> bool:
+    """Whether the criterion runs at the end of (1-based) ``epoch``."""
+    return epoch >= config.prune_start and (epoch - config.prune_start) % config.prune_every == 0
 
 
 @dataclass
@@ -322,6 +333,8 @@ def train_(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if noises:
+                project_log_sigma_(noises)
             if collect_grads:
                 for name, noise in noises_by_name.items():
                     weight_grad = model.get_submodule(noise.source).weight.grad
@@ -335,7 +348,7 @@ def train_(
             sums["seen"] += batch
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{sums['loss'] / sums['seen']:.4f}", acc=f"{sums['correct'] / sums['seen']:.3f}")
-        if criterion is not None and phase == "train" and epoch % config.prune_every == 0:
+        if criterion is not None and phase == "train" and _prunes_after(epoch + 1, config):
             prune_step(model, criterion, grad_sq, config.min_structures_per_layer)
             grad_sq = {}
         val_accuracy, val_nll = evaluate(model, data.val, config.eval_batch_size)

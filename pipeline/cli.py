@@ -1,7 +1,9 @@
 """``bmrs`` command line.
 
     bmrs run [flows.yaml] --flow NAME [--set key=value ...]   a new run in runs/<flow>/<run-id>/
-    bmrs resume RUN_DIR                                        finish an interrupted run in place
+    bmrs run ... --seeds 0 1 2                                 one run per train.seed in runs/<flow>/<group-id>/seed<k>/,
+                                                               summarised as mean +- std in summary.json / summary.md
+    bmrs resume RUN_DIR                                        finish an interrupted run (or seed group) in place
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ if TYPE_CHECKING:
     from pipeline.config import FlowConfig
 
 EXIT_BAD_INPUT = 2
+EXIT_SEED_FAILED = 1  # a multi-seed run in which some seed has no report (summary.md says why)
 
 
 def _prefect_environment() -> None:
@@ -35,9 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--flow", default="default", help="name of the flow in flows.yaml (default: default)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override any setting, e.g. --set train.epochs=3 --set data.root=/data/fmnist")
+    run.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
+                     help="run once per train.seed (data split fixed) and report mean +- std, e.g. --seeds 0 1 2")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     resume = commands.add_parser("resume", help="finish an interrupted run in its run directory")
-    resume.add_argument("run_dir", metavar="RUN_DIR", help="the directory `bmrs run` printed, runs/<flow>/<run-id>")
+    resume.add_argument("run_dir", metavar="RUN_DIR",
+                        help="the directory `bmrs run` printed: runs/<flow>/<run-id>, a seed group or one of its seed<k>")
     resume.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -59,13 +65,19 @@ def main(argv: list[str] | None = None) -> int:
         config = load_flow(args.flows, args.flow, overrides)
     except ConfigError as error:
         return _fail(str(error))
-    from pipeline import steps
+    from pipeline import seeds, steps
 
     try:
+        if args.seeds is not None:
+            seeds.check_seeds(args.seeds)
         steps.load_data(config)  # fail on a missing dataset before a run directory exists
     except (DatasetNotFoundError, ValueError) as error:
         return _fail(str(error))
 
+    if args.seeds is not None:
+        group_dir = seeds.new_group_dir(config, args.seeds)
+        print(f"bmrs: flow {config.name!r} over seeds {args.seeds} -> {group_dir}")
+        return _run_group(config, args.seeds, group_dir)
     run_dir = steps.new_run_dir(config)
     print(f"bmrs: flow {config.name!r} ({config.model.name} on {config.data.dataset}, method {config.method}) -> {run_dir}")
     return _execute(config, run_dir, resume=False)
@@ -76,10 +88,12 @@ def _resume(run_dir_arg: str, *, no_progress: bool) -> int:
 
     from bmrs.checkpoint import CheckpointError
     from bmrs.data import DatasetNotFoundError
-    from pipeline import steps
+    from pipeline import seeds, steps
     from pipeline.resume import RunDirError, check_checkpoints, read_run_config
 
     run_dir = Path(run_dir_arg)
+    if seeds.is_group_dir(run_dir):
+        return _resume_group(run_dir, no_progress=no_progress)
     # Everything is checked before status.json is touched: a refused resume changes nothing.
     try:
         if run_dir.is_dir() and (run_dir / "report.json").is_file():
@@ -94,7 +108,50 @@ def _resume(run_dir_arg: str, *, no_progress: bool) -> int:
         config = replace(config, train=replace(config.train, progress=False))
     steps.set_status(run_dir, "running")
     print(f"bmrs: resuming flow {config.name!r} ({config.model.name} on {config.data.dataset}, method {config.method}) in {run_dir}")
-    return _execute(config, run_dir, resume=True)
+    try:
+        return _execute(config, run_dir, resume=True)
+    finally:
+        if seeds.is_group_dir(run_dir.parent):  # one seed of a group: its summary now counts this run
+            try:
+                seeds.write_summary(run_dir.parent)
+            except ValueError as error:  # a damaged group.json must not hide how the run itself ended
+                print(f"bmrs: the group summary was not updated: {error}", file=sys.stderr)
+
+
+def _resume_group(group_dir: Path, *, no_progress: bool) -> int:
+    """Finish every seed of a group that has no report: resume the begun ones, start the others."""
+    from dataclasses import replace
+
+    from bmrs.checkpoint import CheckpointError
+    from bmrs.data import DatasetNotFoundError
+    from pipeline import seeds, steps
+    from pipeline.config import ConfigError
+    from pipeline.resume import check_checkpoints, flow_config_from_dict
+
+    try:
+        tree, seed_list = seeds.read_group(group_dir)
+        config = flow_config_from_dict(tree)
+        for seed in seed_list:
+            check_checkpoints(seeds.seed_dir(group_dir, seed))
+        steps.load_data(config)
+    except (ConfigError, CheckpointError, DatasetNotFoundError, ValueError) as error:
+        return _fail(str(error))
+    if no_progress:
+        config = replace(config, train=replace(config.train, progress=False))
+    print(f"bmrs: resuming flow {config.name!r} over seeds {seed_list} in {group_dir}")
+    return _run_group(config, seed_list, group_dir)
+
+
+def _run_group(config: FlowConfig, seed_list: list[int], group_dir: Path) -> int:
+    from pipeline import seeds
+
+    summary = seeds.run_group(config, seed_list, group_dir, lambda c, d, resume: _execute(c, d, resume=resume))
+    print(f"bmrs: {len(summary['completed'])} of {len(seed_list)} seeds completed; summary {group_dir / 'summary.md'}")
+    if summary["failed"]:
+        failed = ", ".join(str(row["seed"]) for row in summary["failed"])
+        print(f"bmrs: seeds without a report: {failed}; `bmrs resume {group_dir}` retries them", file=sys.stderr)
+        return EXIT_SEED_FAILED
+    return 0
 
 
 def _execute(config: FlowConfig, run_dir: Path, *, resume: bool) -> int:

@@ -11,7 +11,7 @@ import dataclasses
 import enum
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -20,9 +20,10 @@ import yaml
 from benchmarks.latency import LatencyConfig
 from bmrs.criteria import CRITERIA, criterion_settings
 from bmrs.data import DATASETS, DEFAULT_ROOTS, root_hint
-from bmrs.models import MODELS, mlp_settings
-from bmrs.user_models import is_user_model, resolve_factory
+from bmrs.models import MODELS, NoiseInit, mlp_settings
+from bmrs.post_training import PostTrainingConfig
 from bmrs.train import TrainConfig
+from bmrs.user_models import is_user_model, resolve_factory
 from export.onnx_export import OnnxConfig
 
 NO_PRUNING = "none"
@@ -87,12 +88,7 @@ class ModelConfig:
         return mlp_settings(self.preset, self.hidden_width, self.hidden_layers) if self.name == "mlp" else {}
 
 
-@dataclass(frozen=True)
-class NoiseConfig:
-    init_mu: float = 0.0
-    init_log_sigma: float = -5.0
-    log_a: float = -20.0
-    log_b: float = 0.0
+NoiseConfig = NoiseInit  # the flow's ``noise`` section is the library's noise initialisation
 
 
 @dataclass(frozen=True)
@@ -100,6 +96,61 @@ class BaselineConfig:
     """The paper's "None" model (no noise, no pruning) trained on the same budget, as the dense reference."""
 
     enabled: bool = True
+
+
+def _every_criterion() -> tuple[str, ...]:
+    return tuple(CRITERIA)
+
+
+@dataclass(frozen=True)
+class PostTrainingSection:
+    """Post-training pruning curves (paper section 5): one noisy model trained without pruning, then
+    pruned progressively by each criterion's ranking. ``epochs`` None: ``train.epochs``; the
+    learning rate, batch size and seed are the ``train`` section's."""
+
+    enabled: bool = False
+    criteria: tuple[str, ...] = field(default_factory=_every_criterion)
+    criterion_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    steps: int = 10
+    finetune_epochs: int = 1
+    epochs: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.criteria:
+            raise ValueError(f"criteria is empty; list some of {sorted(CRITERIA)} (or leave it out for all of them)")
+        for name in self.criteria:
+            if name not in CRITERIA:
+                hint = " ('none' has no ranking to prune by)" if name == NO_PRUNING else ""
+                raise ValueError(f"criteria: unknown criterion {name!r}{hint}; choose from {sorted(CRITERIA)}")
+        if len(set(self.criteria)) != len(self.criteria):
+            raise ValueError(f"criteria {list(self.criteria)} names a criterion twice; list each once")
+        for name, settings in self.criterion_settings.items():
+            if name not in self.criteria:
+                raise ValueError(
+                    f"criterion_settings.{name}: {name!r} is not in criteria {list(self.criteria)}; add it there or drop its settings"
+                )
+            if not isinstance(settings, Mapping):
+                raise TypeError(f"criterion_settings.{name}: expected a mapping of settings such as {{p1: 4}}, got {settings!r}")
+        if self.epochs is not None and (isinstance(self.epochs, bool) or self.epochs < 1):
+            raise ValueError(f"epochs must be >= 1, or null for train.epochs; got {self.epochs!r}")
+        for name in self.criteria:
+            self.for_criterion(name, TrainConfig())  # PostTrainingConfig checks steps, epochs and settings
+
+    def for_criterion(self, name: str, train: TrainConfig) -> PostTrainingConfig:
+        return PostTrainingConfig(
+            criterion=name,
+            criterion_settings=dict(self.criterion_settings.get(name, {})),
+            steps=self.steps,
+            finetune_epochs=self.finetune_epochs,
+            lr=train.lr,
+            batch_size=train.batch_size,
+            seed=train.seed,
+        )
+
+    def train_config(self, train: TrainConfig) -> TrainConfig:
+        """Training of the model the curves start from: the flow's, without pruning or fine-tuning."""
+        epochs = self.epochs if self.epochs is not None else train.epochs
+        return replace(train, criterion=None, criterion_settings={}, epochs=epochs, finetune_epochs=0, prune_start=1)
 
 
 @dataclass(frozen=True)
@@ -118,6 +169,7 @@ class FlowConfig:
     export: OnnxConfig = field(default_factory=OnnxConfig)
     latency: LatencyConfig = field(default_factory=LatencyConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    post_training: PostTrainingSection = field(default_factory=PostTrainingSection)
 
     @property
     def method(self) -> str:

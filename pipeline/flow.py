@@ -1,8 +1,11 @@
 """The compression flow: Prefect tasks that call ``pipeline.steps`` and nothing else.
 
     train (method) ─┐
-    train (dense) ──┼─> compress (fold, slice, ONNX + parity) ─> latency (ORT) ─> report.json
+    train (dense) ──┼─> compress (fold, slice, ONNX + parity) ─> latency (ORT) ─> [post-training] ─> report.json
                     └─> dense reference (ONNX + parity) ──────────┘
+
+The post-training stage (``post_training.enabled``) trains its own unpruned noisy model and writes
+one accuracy-vs-compression curve per criterion; it runs last so the method's results come first.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from prefect.cache_policies import NO_CACHE
 
 from pipeline import steps
 from pipeline.config import FlowConfig
+from pipeline.post_training_stage import post_training_stage
 
 # Models and datasets are not hashable inputs; every stage writes its result into the run directory.
 stage = task(cache_policy=NO_CACHE, persist_result=False)
@@ -22,13 +26,15 @@ train_task = stage(steps.train_stage, name="train")
 compress_task = stage(steps.compress_stage, name="compress")
 dense_task = stage(steps.dense_stage, name="dense-reference")
 latency_task = stage(steps.latency_stage, name="latency")
+post_training_task = stage(post_training_stage, name="post-training")
 report_task = stage(steps.report_stage, name="report")
 
 
 @flow(name="bmrs-compress", persist_result=False, log_prints=True)
 def compress_flow(config: FlowConfig, run_dir: Path, resume: bool = False) -> Path:
     """``resume``: the run directory holds an interrupted run of ``config``; training stages continue
-    from their checkpoints (finished ones are not redone), the later stages run again."""
+    from their checkpoints (finished ones are not redone), finished post-training curves are kept,
+    the other stages run again."""
     started = time.perf_counter()
     data = steps.load_data(config)
     pruned_checkpoint = train_task(config, data, run_dir, baseline=False, resume=resume)
@@ -36,4 +42,5 @@ def compress_flow(config: FlowConfig, run_dir: Path, resume: bool = False) -> Pa
     pruned = compress_task(config, data, run_dir, pruned_checkpoint)
     dense = dense_task(config, data, run_dir, dense_checkpoint)
     latency = latency_task(config, data, run_dir)
-    return report_task(config, run_dir, dense, pruned, latency, time.perf_counter() - started)
+    curves = post_training_task(config, data, run_dir, resume=resume) if config.post_training.enabled else None
+    return report_task(config, run_dir, dense, pruned, latency, time.perf_counter() - started, curves)

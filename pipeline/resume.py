@@ -14,7 +14,7 @@ from typing import Any, Mapping
 from bmrs.checkpoint import read_checkpoint
 from pipeline.config import ConfigError, FlowConfig, _build, _validate_names
 
-STAGE_FOLDERS = ("train", "baseline")
+STAGE_FOLDERS = ("train", "baseline", "post_training")
 
 
 class RunDirError(ValueError):

@@ -4,18 +4,18 @@ Run directory layout, ``runs/<flow>/<run-id>/``::
 
     config.json          the resolved FlowConfig
     status.json          running | failed (with the error) | completed
-    train/               checkpoint.pt (every epoch) and history.json of the pruned model
+    train/               checkpoint.pt (every epoch), history.json and curve.png of the pruned model
     baseline/            the same for the dense "None" model
     model.onnx           the sliced model;  dense.onnx: the dense reference
     bench/latency.json   ORT latencies
+    post_training/       with post_training.enabled: checkpoint.pt and history.json of the unpruned
+                         noisy model, <criterion>.json per criterion (its pruning curve), curves.png
     report.json          written last: its presence means the run completed
 
 ``bmrs resume`` runs the same stages into an existing directory with ``resume=True``.
 """
 from __future__ import annotations
 
-import json
-import os
 import secrets
 import time
 from dataclasses import replace
@@ -26,28 +26,28 @@ import torch
 from torch import nn
 
 from benchmarks.latency import measure_latency
+from benchmarks.plots import Series, line_plot
+from bmrs.artifacts import write_json
 from bmrs.checkpoint import load_checkpoint
 from bmrs.data import DataBundle, Split, load_dataset
-from bmrs.models import build_model, insert_noise, noise_points_for
-from bmrs.noise_bank import attach_noise_bank
 from bmrs.metrics import classification_metrics
+from bmrs.models import build_network
 from bmrs.train import TrainConfig, train_
 from export.onnx_export import export_onnx
 from export.slicing import check_sliceable, count_flops, count_params, parameter_compression, slice_model
 from pipeline.config import FlowConfig
 
 
-def write_json(path: Path, payload: Any) -> None:
-    """Atomic JSON write; ``allow_nan=False`` because artifacts must never carry NaN or inf."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(payload, indent=2, allow_nan=False))
-    os.replace(partial, path)
-
-
 def new_run_dir(config: FlowConfig) -> Path:
-    run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
-    run_dir = Path(config.output.runs_dir) / config.name / run_id
+    return start_run_dir(config, Path(config.output.runs_dir) / config.name / new_run_id())
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+
+
+def start_run_dir(config: FlowConfig, run_dir: Path) -> Path:
+    """Create ``run_dir`` (it must not exist yet) holding ``config.json`` and a running status."""
     run_dir.mkdir(parents=True, exist_ok=False)
     write_json(run_dir / "config.json", config.to_dict())
     set_status(run_dir, "running")
@@ -76,19 +76,16 @@ def load_data(config: FlowConfig) -> DataBundle:
 
 def build(config: FlowConfig, data: DataBundle, *, noisy: bool) -> nn.Module:
     """The model, with noise layers at the family's noise points when ``noisy``."""
-    torch.manual_seed(config.train.seed)
-    model = build_model(config.model.name, data.input_shape, data.num_classes, **config.model.options())
+    model = build_network(
+        config.model.name,
+        data.input_shape,
+        data.num_classes,
+        options=config.model.options(),
+        noise=config.noise if noisy else None,
+        noise_points=config.model.noise_points,
+        seed=config.train.seed,
+    )
     if noisy:
-        noise = config.noise
-        insert_noise(
-            model,
-            noise_points_for(config.model.name, model, config.model.noise_points),
-            init_mu=noise.init_mu,
-            init_log_sigma=noise.init_log_sigma,
-            log_a=noise.log_a,
-            log_b=noise.log_b,
-        )
-        attach_noise_bank(model)
         # Fail before training, not at the first epoch's compression measure or at export.
         check_sliceable(model, example_input(data))
     return model
@@ -104,17 +101,48 @@ def train_stage(config: FlowConfig, data: DataBundle, run_dir: Path, *, baseline
     ``resume``: continue from the stage's checkpoint when there is one (a finished one is only
     loaded, not retrained), to the same result an uninterrupted run reaches.
     """
-    folder = run_dir / ("baseline" if baseline else "train")
+    if baseline:
+        dense_config = replace(config.train, criterion=None)
+        return train_into(run_dir / "baseline", config, data, dense_config, noisy=False, resume=resume)[0]
+    noisy = config.train.criterion is not None
+    folder = run_dir / "train"
+    checkpoint, history = train_into(folder, config, data, config.train, noisy=noisy, resume=resume)
+    plot_training_curve(folder / "curve.png", history, title=f"{config.name}: {config.method} while training")
+    return checkpoint
+
+
+def train_into(
+    folder: Path, config: FlowConfig, data: DataBundle, train_config: TrainConfig, *, noisy: bool, resume: bool = False
+) -> tuple[Path, list[dict[str, Any]]]:
+    """Train a fresh model of ``config`` (with noise layers when ``noisy``) under ``train_config``,
+    checkpointing every epoch to ``folder/checkpoint.pt``; writes ``folder/history.json``.
+    Returns the checkpoint's path and the per-epoch history.
+
+    ``resume``: continue from that checkpoint when there is one (a finished one is only loaded)."""
     checkpoint = folder / "checkpoint.pt"
-    train_config: TrainConfig = replace(config.train, criterion=None) if baseline else config.train
-    noisy = not baseline and config.train.criterion is not None
     model = build(config, data, noisy=noisy)
     sample = example_input(data)
     measure = (lambda m: parameter_compression(m, sample)) if noisy else (lambda m: 0.0)
     resume_from = checkpoint if resume and checkpoint.is_file() else None
     result = train_(model, data, train_config, compression=measure, checkpoint_path=checkpoint, resume_from=resume_from)
-    write_json(folder / "history.json", result.as_dict())
-    return checkpoint
+    history = result.as_dict()
+    write_json(folder / "history.json", history)
+    return checkpoint, history
+
+
+def plot_training_curve(path: Path, history: list[dict[str, Any]], *, title: str) -> Path:
+    """Validation accuracy and compression after every epoch (fine-tuning epochs included), in percent."""
+    epochs = [record["epoch"] for record in history]
+    return line_plot(
+        path,
+        [
+            Series("val accuracy", epochs, [100.0 * record["val_accuracy"] for record in history]),
+            Series("compression", epochs, [100.0 * record["compression"] for record in history]),
+        ],
+        xlabel="epoch",
+        ylabel="%",
+        title=title,
+    )
 
 
 def restore(config: FlowConfig, data: DataBundle, checkpoint: Path, *, noisy: bool) -> nn.Module:
@@ -195,7 +223,9 @@ def report_stage(
     pruned: dict[str, Any],
     latency: dict[str, Any],
     seconds: float,
+    post_training: dict[str, Any] | None = None,
 ) -> Path:
+    """``post_training``: the post-training stage's summary; null in the report when it did not run."""
     pruned_onnx = pruned.pop("onnx")
     report = {
         "flow": config.name,
@@ -208,6 +238,8 @@ def report_stage(
         "pruned": pruned,
         "onnx": pruned_onnx,
         "latency": latency,
+        "training_curve": str(run_dir / "train" / "curve.png"),
+        "post_training": post_training,
         "units": {
             "flops": "multiply-accumulates per example (torch-pruning's count)",
             "latency": "milliseconds per batch",

@@ -236,3 +236,54 @@ def test_grad_uses_gradient_norm_and_requires_it():
 def test_ratio_out_of_range(name, ratio):
     with pytest.raises(ValueError):
         build_criterion(name, ratio=ratio)
+
+
+@pytest.mark.parametrize("name", ["l2", "grad"])
+def test_layer_ratios_default_is_unset(name):
+    assert criterion_settings(name)["layer_ratios"] is None
+
+
+@pytest.mark.parametrize("name", ["l2", "grad"])
+def test_layer_ratios_override_ratio_per_layer(name):
+    criterion = build_criterion(name, ratio=0.9, layer_ratios={"wide": 0.3, "narrow": 0.0})
+    source = _linear_with_row_norms(NORMS)
+    grad_sq = torch.tensor(NORMS, dtype=torch.float64) ** 2  # the same ranking through the gradient route
+    wide = criterion.decide(make_view("wide", make_noise([(0.0, -5.0)] * 10), source, grad_sq))
+    assert sorted(torch.nonzero(wide.prune).flatten().tolist()) == [1, 3, 5]
+    narrow = criterion.decide(make_view("narrow", make_noise([(0.0, -5.0)] * 10), source, grad_sq))
+    assert not narrow.prune.any(), "ratio=0.9 must not apply to a layer that layer_ratios names"
+
+
+@pytest.mark.parametrize("name", ["l2", "grad"])
+def test_layer_ratios_missing_layer_names_it_and_the_fix(name):
+    criterion = build_criterion(name, layer_ratios={"known": 0.5})
+    view = make_view("absent", make_noise([(0.0, -5.0)] * 4), grad_sq=torch.ones(4))
+    with pytest.raises(ValueError, match=r"'absent'.*add 'absent' to layer_ratios"):
+        criterion.decide(view)
+
+
+@pytest.mark.parametrize("bad", [1.0, -0.2, 3])
+@pytest.mark.parametrize("name", ["l2", "grad"])
+def test_layer_ratios_values_are_checked(name, bad):
+    with pytest.raises(ValueError, match=r"layer_ratios\['b'\].*\[0, 1\)"):
+        build_criterion(name, layer_ratios={"a": 0.5, "b": bad})
+
+
+def test_layer_ratios_type_errors():
+    with pytest.raises(TypeError, match="layer_ratios"):
+        build_criterion("l2", layer_ratios=[0.5])
+    with pytest.raises(TypeError, match=r"layer_ratios\['a'\]"):
+        build_criterion("l2", layer_ratios={"a": "half"})
+
+
+def test_layer_ratios_reach_every_noise_layer_of_a_model():
+    from bmrs.models import NoiseInit, build_network
+    from bmrs.noise import noise_modules
+    from bmrs.train import prune_step
+
+    model = build_network("mlp", (1, 4, 4), 3, options={"hidden_width": 10, "hidden_layers": 2}, noise=NoiseInit())
+    names = list(noise_modules(model))
+    wanted = {names[0]: 0.2, names[1]: 0.7}
+    prune_step(model, build_criterion("l2", layer_ratios=wanted), {}, min_alive=1)
+    alive = {name: int(noise.mask.sum()) for name, noise in noise_modules(model).items()}
+    assert alive == {names[0]: 8, names[1]: 3}

@@ -201,12 +201,34 @@ def test_evaluate_restores_mode():
 @pytest.mark.parametrize(
     "change",
     [dict(epochs=0), dict(batch_size=0), dict(prune_every=0), dict(eval_batch_size=0), dict(min_structures_per_layer=0),
-     dict(finetune_epochs=-1), dict(lr=0.0), dict(lr=-1e-3), dict(lr=float("nan")), dict(lr=float("inf")),
+     dict(prune_start=0), dict(epochs=3, prune_start=4), dict(finetune_epochs=-1), dict(lr=0.0), dict(lr=-1e-3), dict(lr=float("nan")), dict(lr=float("inf")),
      dict(kl_scale=-1.0), dict(kl_scale=float("nan")), dict(kl_scale=float("inf"))],
 )  # fmt: skip
 def test_invalid_config(change):
     with pytest.raises(ValueError):
         replace(TrainConfig(), **change)
+
+
+@pytest.mark.parametrize("prune_start, prune_every, expected", [(1, 1, [1, 2, 3, 4]), (3, 1, [3, 4]), (2, 2, [2, 4]), (4, 3, [4])])
+def test_pruning_starts_at_prune_start_then_every_prune_every(prune_start, prune_every, expected):
+    data = blobs()
+    model = noisy_mlp()
+    seen = []
+    # E[theta] < 2 holds for every structure: each epoch that runs the criterion leaves one per layer.
+    config = TrainConfig(**{**FAST, "epochs": 4}, prune_start=prune_start, prune_every=prune_every,
+                         criterion="etheta", criterion_settings={"threshold": 2.0})  # fmt: skip
+    original = noise_modules(model)["1.noise"].prune_
+
+    def spy(mask):
+        seen.append(len(seen))
+        return original(mask)
+
+    noise_modules(model)["1.noise"].prune_ = spy
+    history = train_(model, data, config).history
+    assert len(seen) == len(expected)
+    first = expected[0]
+    assert all(record.alive["1.noise"] == 16 for record in history[: first - 1])
+    assert history[first - 1].alive["1.noise"] == 1
 
 
 def test_kl_weighting_must_be_the_enum():

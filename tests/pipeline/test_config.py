@@ -1,6 +1,7 @@
 """flows.yaml parsing, --set overrides, and the errors a user sees for bad input."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,59 @@ def test_bad_model_and_data_settings(factory_dir, override, fragment):
         load_flow(REPO_FLOWS, "default", overrides)
     assert fragment in str(error.value)
     assert str(error.value).startswith("default.")
+
+
+def test_post_training_section_defaults_and_the_shipped_flow():
+    from bmrs.criteria import CRITERIA
+
+    default = load_flow(REPO_FLOWS, "default")
+    assert default.post_training.enabled is False  # the default flow's stages are unchanged
+    assert default.post_training.criteria == tuple(CRITERIA) and "none" not in default.post_training.criteria
+    flow = load_flow(REPO_FLOWS, "lenet5_fmnist_post_training")
+    section = flow.post_training
+    assert section.enabled and section.steps == 10 and section.finetune_epochs == 1 and section.epochs is None
+    unpruned = section.train_config(flow.train)  # the model the curves start from: 50 epochs, no pruning
+    assert (unpruned.epochs, unpruned.finetune_epochs, unpruned.criterion) == (50, 0, None)
+    assert unpruned.lr == flow.train.lr and unpruned.batch_size == flow.train.batch_size
+
+
+def test_post_training_overrides_reach_the_library_config():
+    from pipeline.resume import flow_config_from_dict
+
+    config = load_flow(REPO_FLOWS, "default", [
+        "post_training.enabled=true", "post_training.criteria=[bmrs_u, grad]",
+        "post_training.criterion_settings={bmrs_u: {p1: 4}}", "post_training.steps=4",
+        "post_training.finetune_epochs=0", "post_training.epochs=3", "train.seed=5",
+    ])  # fmt: skip
+    section = config.post_training
+    assert section.criteria == ("bmrs_u", "grad") and section.train_config(config.train).epochs == 3
+    library = section.for_criterion("bmrs_u", config.train)
+    assert (library.criterion, library.criterion_settings, library.steps, library.finetune_epochs) == ("bmrs_u", {"p1": 4}, 4, 0)
+    assert (library.lr, library.batch_size, library.seed) == (config.train.lr, config.train.batch_size, 5)
+    assert section.for_criterion("grad", config.train).criterion_settings == {}
+    assert flow_config_from_dict(json.loads(json.dumps(config.to_dict()))) == config  # config.json round trip
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("post_training.criteria=[magic]", "unknown criterion 'magic'; choose from ['bmrs_n', 'bmrs_u', 'etheta', 'grad', 'l2', 'snr']"),
+        ("post_training.criteria=[none]", "'none' has no ranking to prune by"),
+        ("post_training.criteria=[]", "criteria is empty"),
+        ("post_training.criteria=[l2, l2]", "names a criterion twice"),
+        ("post_training.criteria=l2", "post_training.criteria: expected a list"),
+        ("post_training.criterion_settings={bmrs_u: {p1: 4}}", "'bmrs_u' is not in criteria"),
+        ("post_training.criterion_settings={bmrs_n: {p1: 4}}", "criterion 'bmrs_n' has no setting 'p1'"),
+        ("post_training.criterion_settings={l2: 3}", "criterion_settings.l2: expected a mapping"),
+        ("post_training.steps=0", "post_training.steps must be an integer >= 1"),
+        ("post_training.finetune_epochs=-1", "post_training.finetune_epochs must be an integer >= 0"),
+        ("post_training.epochs=0", "epochs must be >= 1, or null for train.epochs"),
+        ("post_training.enabled=maybe", "post_training.enabled: expected true or false"),
+        ("post_training.stepz=3", "post_training.stepz: unknown setting"),
+    ],
+)
+def test_bad_post_training_settings(override, fragment):
+    criteria = ["post_training.criteria=[bmrs_n, l2]"] if "criterion_settings" in override else []
+    with pytest.raises(ConfigError) as error:
+        load_flow(REPO_FLOWS, "default", [*criteria, override])
+    assert fragment in str(error.value) and str(error.value).startswith("default.post_training")

@@ -1,0 +1,81 @@
+"""One real multi-seed `bmrs run` with post-training curves, shared by the tests that read its output.
+
+Every `bmrs run` process pays Prefect's start-up (and a fresh PREFECT_HOME its database set-up), so
+the post-training and multi-seed tests share this single run of a tiny MLP on synthetic blobs.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_blobs(path: Path, *, train: int = 480, test: int = 200, classes: int = 4, seed: int = 0) -> Path:
+    """Overlapping Gaussian blobs as 8x8 images: learnable in one epoch, not perfectly."""
+    generator = np.random.default_rng(seed)
+    centres = generator.random((classes, 8, 8))
+
+    def split(n: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.arange(n) % classes
+        return (centres[labels] + 0.5 * generator.standard_normal((n, 8, 8))).astype(np.float32), labels
+
+    (x, y), (x_test, y_test) = split(train), split(test)
+    np.savez(path, x=x, y=y, x_test=x_test, y_test=y_test)
+    return path
+
+
+def prefect_environment(home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        PREFECT_HOME=str(home / "prefect"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        BMRS_CACHE_DIR=str(home / "cache"),
+        BMRS_COMPILE="0",  # a tiny model: compiling the noise kernels costs more than it saves
+    )
+    env.pop("PREFECT_API_URL", None)
+    return env
+
+
+# The smallest budget that still exercises every stage: 1 epoch, a 24-wide MLP, 2 curve steps.
+TINY = [
+    "--no-progress",
+    "--set", "data.dataset=npz", "--set", "data.root=blobs.npz",
+    "--set", "model.name=mlp", "--set", "model.hidden_width=24",
+    "--set", "train.epochs=1", "--set", "train.finetune_epochs=0", "--set", "train.lr=0.01",
+    "--set", "train.criterion=l2", "--set", "train.criterion_settings={ratio: 0.3}",
+    "--set", "latency.repeats=3", "--set", "latency.warmup=1", "--set", "latency.batch_sizes=[1]",
+    "--set", "post_training.enabled=true", "--set", "post_training.criteria=[bmrs_n, l2]",
+    "--set", "post_training.steps=2",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SeedGroup:
+    cwd: Path  # where `bmrs run` ran: data.root and runs/ are relative to it
+    env: dict[str, str]
+    group_dir: Path
+    result: subprocess.CompletedProcess
+
+    def bmrs(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], check=False, cwd=self.cwd, env=self.env,
+                              capture_output=True, text=True, timeout=600)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def seed_group(tmp_path_factory) -> SeedGroup:
+    """``bmrs run flows.yaml --flow default TINY --seeds 0 1`` in a fresh folder."""
+    cwd = tmp_path_factory.mktemp("seed_group")
+    write_blobs(cwd / "blobs.npz")
+    env = prefect_environment(cwd)
+    command = [sys.executable, "-m", "pipeline.cli", "run", str(REPO / "flows.yaml"), "--flow", "default", *TINY, "--seeds", "0", "1"]
+    result = subprocess.run(command, check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    groups = list((cwd / "runs" / "default").glob("*")) if (cwd / "runs" / "default").is_dir() else []
+    assert result.returncode == 0 and len(groups) == 1, result.stderr
+    return SeedGroup(cwd, env, groups[0], result)
