@@ -8,6 +8,7 @@ benchmark restarts where it stopped and a changed setting is never mistaken for 
 """
 from __future__ import annotations
 
+import enum
 import functools
 import json
 import math
@@ -51,7 +52,7 @@ class RunSpec:
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe and comparable with a copy read back from a result file."""
         described = asdict(replace(self, train=replace(self.train, progress=False)))
-        described["train"]["kl_weighting"] = self.train.kl_weighting.value
+        described["train"] = {k: v.value if isinstance(v, enum.Enum) else v for k, v in described["train"].items()}
         return json.loads(json.dumps(described, allow_nan=False))
 
 

@@ -64,7 +64,7 @@ METHODS = {m.name: m for m in (
 TRAIN_FLAGS = {"epochs": "set by --epochs", "finetune_epochs": "set by --finetune-epochs", "seed": "set by --seeds",
                "criterion": "set by --methods", "criterion_settings": "set by --methods", "progress": "always off here"}  # fmt: skip
 # What cannot change a run without noise layers; left at its default there so the dense runs stay cached.
-NOISE_ONLY_TRAIN = ("prune_every", "prune_start", "kl_weighting", "kl_scale", "min_structures_per_layer")
+NOISE_ONLY_TRAIN = ("prune_every", "prune_start", "kl_weighting", "kl_scale", "finetune_noise", "min_structures_per_layer")
 
 
 def method_notes() -> list[str]:

@@ -18,7 +18,7 @@ import json
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,56 +33,7 @@ from bmrs.data import DataBundle, Split
 from bmrs.metrics import classification_metrics
 from bmrs.fused import compile_enabled
 from bmrs.noise import LogNormalNoise, noise_modules, project_log_sigma_
-
-
-class KLWeighting(enum.Enum):
-    """How the KL term enters the minibatch loss ``mean NLL + weight * KL``.
-
-    ELBO: ``kl_scale / N_train * sum of KL``: the exact variational free energy (paper eq. 3)
-    divided by N, so ``kl_scale = 1`` is the true posterior.
-    LAYER_MEAN: ``kl_scale * mean over layers of (mean KL over the layer's structures)``, as the
-    authors' released code does: a far stronger pull to the prior (a tempered posterior) that
-    drives sigma up and makes structures prunable within tens of epochs.
-    """
-
-    ELBO = "elbo"
-    LAYER_MEAN = "layer_mean"
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 50
-    finetune_epochs: int = 10
-    prune_every: int = 1
-    prune_start: int = 1  # the first epoch after which the criterion runs; then every prune_every epochs
-    batch_size: int = 32
-    lr: float = 1.4e-3
-    kl_weighting: KLWeighting = KLWeighting.ELBO
-    kl_scale: float = 1.0
-    criterion: str | None = "bmrs_n"
-    criterion_settings: dict[str, Any] = field(default_factory=dict)
-    min_structures_per_layer: int = 1
-    seed: int = 0
-    eval_batch_size: int = 2048
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "prune_every", "prune_start", "eval_batch_size", "min_structures_per_layer"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        if self.prune_start > self.epochs:
-            raise ValueError(
-                f"train.prune_start ({self.prune_start}) is after the last training epoch ({self.epochs}), "
-                "so nothing would be pruned; set it to at most train.epochs"
-            )
-        if self.finetune_epochs < 0:
-            raise ValueError(f"train.finetune_epochs must be >= 0, got {self.finetune_epochs}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"train.lr must be a positive number, got {self.lr}")
-        if not (self.kl_scale >= 0 and math.isfinite(self.kl_scale)):
-            raise ValueError(f"train.kl_scale must be >= 0, got {self.kl_scale}")
-        if not isinstance(self.kl_weighting, KLWeighting):
-            raise TypeError(f"train.kl_weighting must be a KLWeighting, got {self.kl_weighting!r}")
+from bmrs.train_config import FinetuneNoise, KLWeighting, TrainConfig
 
 
 class TrainingDivergedError(RuntimeError):
@@ -167,8 +118,7 @@ def training_fingerprint(model: nn.Module, data: DataBundle, config: TrainConfig
     """What a checkpoint's continuation depends on besides its own state: every training setting
     (bar ``progress``), the model's modules and tensor shapes, and the data. Resuming under a
     different fingerprint could not reproduce the uninterrupted run, so it is refused."""
-    settings = {k: v for k, v in asdict(config).items() if k != "progress"}
-    settings["kl_weighting"] = config.kl_weighting.value
+    settings = {k: v.value if isinstance(v, enum.Enum) else v for k, v in asdict(config).items() if k != "progress"}
     modules = {name or "(root)": _describe(module) for name, module in model.named_modules()}
     tensors = {key: f"{tensor.dtype}{list(tensor.shape)}" for key, tensor in model.state_dict().items()}
     splits = {"train": data.train, "val": data.val}
@@ -308,8 +258,11 @@ def train_(
     for epoch in range(progress.epoch, total_epochs):
         phase = "train" if epoch < config.epochs else "finetune"
         collect_grads = criterion is not None and criterion.needs_gradients and phase == "train"
+        expected_noise = phase == "finetune" and config.finetune_noise is FinetuneNoise.EXPECTED
         started = time.perf_counter()
         model.train()
+        for noise in noises if expected_noise else ():
+            noise.eval()  # theta = E[theta], as deployed
         sums = {"loss": 0.0, "nll": 0.0, "kl": 0.0, "correct": 0, "seen": 0}
         bar = tqdm(
             data.train.batches(config.batch_size, generator=shuffle),
@@ -322,7 +275,8 @@ def train_(
         for step, (images, labels) in enumerate(bar):
             logits = model(images)
             nll = F.cross_entropy(logits, labels)
-            kl = kl_penalty(noises, config.kl_weighting, config.kl_scale, len(data.train)) if noises else nll.new_zeros(())
+            penalised = noises and not expected_noise
+            kl = kl_penalty(noises, config.kl_weighting, config.kl_scale, len(data.train)) if penalised else nll.new_zeros(())
             loss = nll + kl
             if not torch.isfinite(loss):
                 raise TrainingDivergedError(
@@ -332,6 +286,8 @@ def train_(
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            for noise in noises if expected_noise else ():
+                noise.mu.grad = noise.log_sigma.grad = None  # frozen: Adam skips a parameter without a gradient
             optimizer.step()
             if noises:
                 project_log_sigma_(noises)

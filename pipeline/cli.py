@@ -25,6 +25,9 @@ def _prefect_environment() -> None:
     os.environ.setdefault("PREFECT_HOME", str(Path.home() / ".cache" / "bmrs" / "prefect"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE", "true")
+    # Prefect gives its ephemeral API server 20 s to start; on a 2-core machine busy with training
+    # that is not always enough, and the run would fail before its first epoch.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     # A failed task is reported once, by this CLI and in status.json; Prefect's own ERROR logs would
     # repeat it as two tracebacks. PREFECT_LOGGING_LEVEL set by the user still wins.
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")

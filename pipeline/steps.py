@@ -233,7 +233,11 @@ def report_stage(
         "dataset": config.data.dataset,
         "model": config.model.name,
         "method": config.method,
-        "settings": {"criterion_settings": config.train.criterion_settings, "kl_weighting": config.train.kl_weighting.value},
+        "settings": {
+            "criterion_settings": config.train.criterion_settings,
+            "kl_weighting": config.train.kl_weighting.value,
+            "finetune_noise": config.train.finetune_noise.value,
+        },
         "dense": dense,
         "pruned": pruned,
         "onnx": pruned_onnx,

@@ -18,6 +18,7 @@ from bmrs.models import build_model, insert_noise, noise_points_for
 from bmrs.noise import noise_modules
 from bmrs.noise_bank import attach_noise_bank
 from bmrs.train import (
+    FinetuneNoise,
     KLWeighting,
     TrainConfig,
     TrainingDivergedError,
@@ -428,3 +429,38 @@ def test_resume_needs_the_recorded_settings(finished_checkpoint, tmp_path):
     torch.save(payload, tmp_path / "anonymous.pt")
     with pytest.raises(CheckpointError, match="does not record the settings"):
         train_(noisy_mlp(), blobs(), BASE, resume_from=tmp_path / "anonymous.pt")
+
+
+def test_expected_noise_finetuning_trains_the_deployed_network():
+    """FinetuneNoise.EXPECTED: the fine-tuning epochs see theta = E[theta] (no draw), learn no
+    posterior and add no KL; the weights still train."""
+    data = blobs()
+    model = noisy_mlp()
+    attach_noise_bank(model)
+    config = TrainConfig(**{**FAST, "epochs": 1, "finetune_epochs": 2}, criterion="bmrs_n", finetune_noise=FinetuneNoise.EXPECTED)
+    noises = list(noise_modules(model).values())
+    draws = []
+    original = noises[0].bank.theta_for
+
+    def spy(layer, batch):
+        draws.append(batch)
+        return original(layer, batch)
+
+    noises[0].bank.theta_for = spy
+    after_training = {}
+
+    def snapshot(m):
+        if not after_training:  # the compression measure runs once per epoch: the first is training's end
+            after_training.update({k: v.clone() for k, v in m.state_dict().items()})
+        return 0.0
+
+    history = train_(model, data, config, compression=snapshot).history
+    steps_per_epoch = math.ceil(len(data.train) / FAST["batch_size"])
+    assert len(draws) == steps_per_epoch * len(noises)  # draws in the training epoch only
+    assert [r.kl for r in history[1:]] == [0.0, 0.0]
+    final = model.state_dict()
+    for name, noise in noise_modules(model).items():
+        assert torch.equal(final[f"{name}.mu"], after_training[f"{name}.mu"])
+        assert torch.equal(final[f"{name}.log_sigma"], after_training[f"{name}.log_sigma"])
+    weights = [key for key in final if key.endswith("weight")]
+    assert weights and all(not torch.equal(final[key], after_training[key]) for key in weights)

@@ -5,7 +5,6 @@ the post-training and multi-seed tests share this single run of a tiny MLP on sy
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prefect_env import prefect_environment
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,18 +29,6 @@ def write_blobs(path: Path, *, train: int = 480, test: int = 200, classes: int =
     (x, y), (x_test, y_test) = split(train), split(test)
     np.savez(path, x=x, y=y, x_test=x_test, y_test=y_test)
     return path
-
-
-def prefect_environment(home: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        PREFECT_HOME=str(home / "prefect"),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        BMRS_CACHE_DIR=str(home / "cache"),
-        BMRS_COMPILE="0",  # a tiny model: compiling the noise kernels costs more than it saves
-    )
-    env.pop("PREFECT_API_URL", None)
-    return env
 
 
 # The smallest budget that still exercises every stage: 1 epoch, a 24-wide MLP, 2 curve steps.

@@ -12,6 +12,7 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
+from prefect_env import prefect_environment
 
 from bmrs.checkpoint import read_checkpoint
 from pipeline.cli import main
@@ -26,13 +27,9 @@ needs_fmnist = pytest.mark.skipif(
 
 
 def environment(tmp_path: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        PREFECT_HOME=str(tmp_path / "prefect"),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        BMRS_CACHE_DIR=str(tmp_path / "cache"),
-    )
-    env.pop("PREFECT_API_URL", None)
+    """A private Prefect home and cache; the noise kernels compiled as in production."""
+    env = prefect_environment(tmp_path)
+    env.pop("BMRS_COMPILE")
     return env
 
 
