@@ -19,8 +19,10 @@ import concurrent.futures
 import dataclasses
 import enum
 import multiprocessing
+import os
 import shlex
 import sys
+import threading
 import time
 import traceback
 from collections import deque
@@ -271,7 +273,7 @@ def run_all(
         executor: concurrent.futures.Executor = _InlineExecutor()
     else:
         context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools mid-use
-        executor = concurrent.futures.ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=context, initializer=_one_thread)
+        executor = concurrent.futures.ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=context, initializer=_worker_setup, initargs=(os.getpid(),))
     pending: dict[concurrent.futures.Future, Task] = {}
     with executor:
         while ready or pending:
@@ -332,8 +334,22 @@ class _InlineExecutor(concurrent.futures.Executor):
         return future
 
 
-def _one_thread() -> None:
+def _worker_setup(parent: int) -> None:
+    """Pool worker set-up: one torch thread, and an exit when the parent process is gone.
+
+    A killed benchmark (Ctrl-C, ``kill``, a lost session) would otherwise leave its workers training
+    for hours, since nothing is left to collect their results; each run they finished is already in
+    its raw file, so the next invocation picks up from there."""
     torch.set_num_threads(1)
+
+    # ``parent`` comes from the parent itself: read here, getppid() would already be the reaper's
+    # pid if the parent died before this worker started.
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(2.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _one_line(error: BaseException) -> str:

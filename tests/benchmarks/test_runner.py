@@ -3,6 +3,11 @@ from __future__ import annotations
 
 import math
 import operator
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -34,6 +39,8 @@ EXPECTED_FAILURES = [
     Failure("after after bad", "not run, because bad failed"),  # once, though it needs "also bad" too
     Failure("also bad", "ValueError: math domain error"),
 ]
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("jobs", [1, 2])
@@ -87,3 +94,38 @@ def test_noise_bounds_and_command_and_models():
         parse_noise(["log_a=1"])
     assert command_line("benchmarks.p1_sweep", ["--p1", "4", "--out", "a b"]) == "python -m benchmarks.p1_sweep --p1 4 --out 'a b'"
     assert paper_models("fashion_mnist") == ["lenet5", "mlp"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads worker pids from Linux /proc")
+def test_workers_exit_when_the_benchmark_is_killed(tmp_path):
+    """A killed benchmark must not leave its pool training on: the workers notice and exit."""
+    script = tmp_path / "pool.py"
+    script.write_text(
+        "import time\nfrom benchmarks import runner\n"
+        "if __name__ == '__main__':\n"
+        "    runner.run_all([runner.Task('a', time.sleep, (120,)), runner.Task('b', time.sleep, (120,))], jobs=2)\n"
+    )
+    parent = subprocess.Popen([sys.executable, str(script)], cwd=REPO)
+    workers: list[int] = []
+    deadline = time.monotonic() + 120
+    while len(workers) < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+        children = Path(f"/proc/{parent.pid}/task/{parent.pid}/children").read_text().split()
+        # The resource tracker is a child too; pool workers are the ones running spawn_main.
+        workers = [int(pid) for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert len(workers) == 2, "the pool never started its two workers"
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() and _alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not any(Path(f"/proc/{pid}").exists() and _alive(pid) for pid in workers)
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting to be reaped by init."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
