@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from bmrs.artifacts import write_json
-from bmrs.data import DEFAULT_ROOTS, DataBundle, Split, load_dataset
+from bmrs.data import DataBundle, Split, load_dataset, resolve_root
 from bmrs.metrics import classification_metrics
 from bmrs.models import NoiseInit, build_network
 from bmrs.noise import noise_modules
@@ -44,10 +44,7 @@ class RunSpec:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def resolved_root(self) -> str:
-        root = self.root if self.root is not None else DEFAULT_ROOTS.get(self.dataset)
-        if root is None:
-            raise ValueError(f"dataset {self.dataset!r} has no default root; pass its location as root")
-        return root
+        return resolve_root(self.dataset, self.root)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe and comparable with a copy read back from a result file."""

@@ -82,6 +82,17 @@ def register_dataset(
     return add
 
 
+def resolve_root(name: str, root: str | None, *, setting: str = "root") -> str:
+    """``root``, or dataset ``name``'s default location when it is None; ``setting`` is what the
+    caller calls the root, so that the error names the key to set."""
+    if root is not None:
+        return root
+    default = DEFAULT_ROOTS.get(name)
+    if default is None:
+        raise ValueError(f"{setting} is not set and {name} has no default location; set {setting}")
+    return default
+
+
 def root_hint(name: str) -> str:
     """What ``data.root`` must point to for dataset ``name``."""
     return ROOT_EXPECTS.get(name, f"a folder with the {name} files (torchvision's layout)")

@@ -340,4 +340,6 @@ def train_(
             }
             training = {"optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(), "shuffle": shuffle.get_state(), "grad_sq": grad_sq}
             save_checkpoint(checkpoint_path, model, meta, training=training)
+    for noise in noises:
+        noise.train(model.training)  # undo the expected-noise fine-tuning's eval mode: one mode for the whole model
     return TrainResult(model, history)

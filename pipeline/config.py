@@ -19,7 +19,7 @@ import yaml
 
 from benchmarks.latency import LatencyConfig
 from bmrs.criteria import CRITERIA, criterion_settings
-from bmrs.data import DATASETS, DEFAULT_ROOTS, root_hint
+from bmrs.data import DATASETS, DEFAULT_ROOTS, resolve_root, root_hint
 from bmrs.models import MODELS, NoiseInit, mlp_settings
 from bmrs.post_training import PostTrainingConfig
 from bmrs.train import TrainConfig
@@ -43,10 +43,7 @@ class DataConfig:
     max_train_examples: int | None = None  # train on a subset: smoke tests and quick looks
 
     def resolved_root(self) -> str:
-        root = self.root if self.root is not None else DEFAULT_ROOTS.get(self.dataset)
-        if root is None:
-            raise ValueError(f"data.root is not set and {self.dataset} has no default location; set data.root")
-        return root
+        return resolve_root(self.dataset, self.root, setting="data.root")
 
 
 @dataclass(frozen=True)

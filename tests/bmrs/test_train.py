@@ -464,3 +464,4 @@ def test_expected_noise_finetuning_trains_the_deployed_network():
         assert torch.equal(final[f"{name}.log_sigma"], after_training[f"{name}.log_sigma"])
     weights = [key for key in final if key.endswith("weight")]
     assert weights and all(not torch.equal(final[key], after_training[key]) for key in weights)
+    assert all(noise.training == model.training for noise in noises)  # no layer left in another mode
