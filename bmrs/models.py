@@ -114,22 +114,39 @@ def mlp(
     return nn.Sequential(*layers)
 
 
+LENET5_WIDTHS = (6, 16, 120, 84)
+
+
 class LeNet5(nn.Module):
     """LeNet5 (LeCun et al., 1998): conv 6 and 16 filters of 5x5, each ReLU + 2x2 max pool, then
     fully connected 120 -> 84 -> classes. 28x28 inputs are padded by 2 so both 28 and 32 pixel
-    datasets reach the classic 16x5x5 feature map."""
+    datasets reach the classic 16x5x5 feature map.
 
-    def __init__(self, in_channels: int, image_size: int, num_classes: int) -> None:
+    ``widths`` (conv1 filters, conv2 filters, fc1 and fc2 neurons) defaults to the paper's; other
+    widths give the dense network a pruned LeNet5 is sliced into, which is what a from-scratch
+    baseline at the same size trains.
+    """
+
+    def __init__(
+        self, in_channels: int, image_size: int, num_classes: int, widths: tuple[int, ...] = LENET5_WIDTHS
+    ) -> None:
         super().__init__()
         if image_size not in (28, 32):
             raise ValueError(f"lenet5 takes 28x28 or 32x32 images, got {image_size}x{image_size}")
+        widths = tuple(widths)
+        if len(widths) != 4 or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
+            raise ValueError(
+                f"lenet5 widths are four integers >= 1 (conv1, conv2, fc1, fc2), got {widths!r}; "
+                f"the paper's are {LENET5_WIDTHS}"
+            )
+        conv1, conv2, fc1, fc2 = widths
         padding = 2 if image_size == 28 else 0
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 6, 5, padding=padding), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(in_channels, conv1, 5, padding=padding), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(conv1, conv2, 5), nn.ReLU(), nn.MaxPool2d(2),
         )  # fmt: skip
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(16 * 5 * 5, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, num_classes)
+            nn.Flatten(), nn.Linear(conv2 * 5 * 5, fc1), nn.ReLU(), nn.Linear(fc1, fc2), nn.ReLU(), nn.Linear(fc2, num_classes)
         )  # fmt: skip
 
     def forward(self, x: Tensor) -> Tensor:
@@ -137,10 +154,12 @@ class LeNet5(nn.Module):
 
 
 @register_model("lenet5")
-def lenet5(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+def lenet5(
+    input_shape: tuple[int, ...], num_classes: int, widths: tuple[int, ...] | list[int] = LENET5_WIDTHS
+) -> nn.Module:
     if len(input_shape) != 3 or input_shape[1] != input_shape[2]:
         raise ValueError(f"lenet5 takes square images shaped (channels, size, size), got {input_shape}")
-    return LeNet5(input_shape[0], input_shape[1], num_classes)
+    return LeNet5(input_shape[0], input_shape[1], num_classes, widths=tuple(widths))
 
 
 @dataclass(frozen=True)
@@ -295,7 +314,7 @@ def noise_points_for(
 
 
 __all__ = [
-    "MLP_PRESETS", "MODELS", "NOISE_RULES", "LeNet5", "MlpShape", "NoiseInit", "NoisePoint", "Noised", "build_model", "build_network",
+    "LENET5_WIDTHS", "MLP_PRESETS", "MODELS", "NOISE_RULES", "LeNet5", "MlpShape", "NoiseInit", "NoisePoint", "Noised", "build_model", "build_network",
     "every_hidden_layer", "explicit_points", "insert_noise", "lenet5_points", "mlp_settings", "noise_modules",
     "noise_points_for", "register_model",
 ]  # fmt: skip

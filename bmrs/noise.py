@@ -115,6 +115,13 @@ class LogNormalNoise(nn.Module):
         """Per-structure ``KL(q || p)``; zero for pruned structures, which no longer carry a posterior."""
         return masked_kl(self.mu, self.log_sigma, self.mask, self.log_a, self.log_b)
 
+    @torch.no_grad()
+    def make_identity_(self) -> None:
+        """The posterior of a factor of one: all mass at ``log b`` with the narrowest sigma allowed.
+        Used once the factor has been folded into the source layer's weights."""
+        self.mu.fill_(self.log_b)
+        self.log_sigma.fill_(LOG_SIGMA_RANGE[0])
+
     def mean(self) -> Tensor:
         """``E[theta]`` per structure, zero where pruned."""
         log_m1 = truncnorm.log_moment(*self._posterior64(), 1, self.log_a, self.log_b)

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from bmrs.checkpoint import CheckpointError, check_fits, first_difference, read_checkpoint, save_checkpoint
 from bmrs.criteria import Criterion, LayerView, build_criterion
 from bmrs.data import DataBundle, Split
+from bmrs.fold import absorb_expected_noise_
 from bmrs.metrics import classification_metrics
 from bmrs.fused import compile_enabled
 from bmrs.noise import LogNormalNoise, noise_modules, project_log_sigma_
@@ -259,6 +260,11 @@ def train_(
         phase = "train" if epoch < config.epochs else "finetune"
         collect_grads = criterion is not None and criterion.needs_gradients and phase == "train"
         expected_noise = phase == "finetune" and config.finetune_noise is FinetuneNoise.EXPECTED
+        if expected_noise and noises and epoch == config.epochs:
+            # Fine-tune the deployed parametrisation: E[theta] in the weights, and a fresh Adam because
+            # the old moments belong to the unscaled weights. A resume past this epoch loads both.
+            absorb_expected_noise_(model)
+            optimizer = make_optimizer(model, config.lr)
         started = time.perf_counter()
         model.train()
         for noise in noises if expected_noise else ():

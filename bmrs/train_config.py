@@ -26,9 +26,11 @@ class FinetuneNoise(enum.Enum):
 
     SAMPLED: the network with its noise, as in training (the paper's algorithm 1): a theta drawn per
     example and structure, the KL in the loss, the posteriors still learned.
-    EXPECTED: the network as it is deployed: every theta fixed at ``E[theta]`` (what evaluation, the
-    fold and the ONNX export use), the posteriors frozen and no KL, so the weights adapt to the model
-    that is shipped instead of to noise that export removes.
+    EXPECTED: the network as it is deployed: every ``E[theta]`` (what evaluation, the fold and the
+    ONNX export use) folded into the weights of its layer at the first fine-tuning epoch, a fresh
+    Adam, no KL, so the weights adapt to the model that is shipped instead of to noise that export
+    removes, and Adam's steps are sized for the deployed weights rather than shrunk by ``E[theta]``.
+    The posteriors become a fixed factor of one, so read anything from them before fine-tuning.
     """
 
     SAMPLED = "sampled"

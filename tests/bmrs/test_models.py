@@ -375,3 +375,17 @@ def test_residual_user_model_with_one_summed_layer_pruned_is_not_mis_sliced(user
         assert "coupled" in str(error)
         return
     assert torch.allclose(sliced.model(x), model(x), atol=1e-5)
+
+
+def test_lenet5_widths_build_the_narrower_network_and_its_noise():
+    model = noisy("lenet5", (1, 28, 28), widths=[4, 8, 12, 10])
+    sizes = {name: noise.num_structures for name, noise in noise_modules(model).items()}
+    assert sorted(sizes.values()) == [4, 8, 10, 12]
+    assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
+    assert sum(p.numel() for p in build_model("lenet5", (1, 28, 28), 10).parameters()) == 61706
+
+
+@pytest.mark.parametrize("widths", [(6, 16, 120), (6, 0, 120, 84), (6, 16.5, 120, 84)])
+def test_lenet5_refuses_bad_widths(widths):
+    with pytest.raises(ValueError, match=r"four integers >= 1 \(conv1, conv2, fc1, fc2\)"):
+        build_model("lenet5", (1, 28, 28), 10, widths=widths)

@@ -270,6 +270,9 @@ RESUME_CASES = {
     # prune_every=3: the gradient statistics of epochs 2 and 3 are summed across the interruption.
     "grad": (TrainConfig(epochs=3, finetune_epochs=1, prune_every=3, batch_size=32, lr=5e-3, criterion="grad",
                          criterion_settings={"ratio": 0.25}, progress=False), (2,)),
+    # Fine-tuning as deployed: cut right before E[theta] is folded into the weights, and after it.
+    "expected": (TrainConfig(epochs=2, finetune_epochs=2, batch_size=32, lr=5e-3, criterion="bmrs_n",
+                             finetune_noise=FinetuneNoise.EXPECTED, progress=False), (2, 3)),
     # The dense baseline: no noise layers, no criterion.
     "none": (TrainConfig(epochs=2, finetune_epochs=0, batch_size=32, lr=5e-3, criterion=None, progress=False), (1,)),
 }  # fmt: skip
@@ -432,8 +435,8 @@ def test_resume_needs_the_recorded_settings(finished_checkpoint, tmp_path):
 
 
 def test_expected_noise_finetuning_trains_the_deployed_network():
-    """FinetuneNoise.EXPECTED: the fine-tuning epochs see theta = E[theta] (no draw), learn no
-    posterior and add no KL; the weights still train."""
+    """FinetuneNoise.EXPECTED: the fine-tuning epochs see theta = E[theta] (no draw) folded into the
+    weights, learn no posterior and add no KL; the weights still train."""
     data = blobs()
     model = noisy_mlp()
     attach_noise_bank(model)
@@ -452,16 +455,18 @@ def test_expected_noise_finetuning_trains_the_deployed_network():
     def snapshot(m):
         if not after_training:  # the compression measure runs once per epoch: the first is training's end
             after_training.update({k: v.clone() for k, v in m.state_dict().items()})
+            after_training["masks"] = [noise.mask.clone() for noise in noises]
         return 0.0
 
     history = train_(model, data, config, compression=snapshot).history
     steps_per_epoch = math.ceil(len(data.train) / FAST["batch_size"])
     assert len(draws) == steps_per_epoch * len(noises)  # draws in the training epoch only
     assert [r.kl for r in history[1:]] == [0.0, 0.0]
+    for noise, mask in zip(noises, after_training["masks"]):
+        assert torch.equal(noise.mask, mask)
+        assert torch.allclose(noise.mean()[mask], torch.ones(int(mask.sum())), atol=1e-6)  # folded: a factor of one
+        assert torch.all(noise.mu == noise.log_b)
     final = model.state_dict()
-    for name, noise in noise_modules(model).items():
-        assert torch.equal(final[f"{name}.mu"], after_training[f"{name}.mu"])
-        assert torch.equal(final[f"{name}.log_sigma"], after_training[f"{name}.log_sigma"])
     weights = [key for key in final if key.endswith("weight")]
     assert weights and all(not torch.equal(final[key], after_training[key]) for key in weights)
     assert all(noise.training == model.training for noise in noises)  # no layer left in another mode

@@ -1,0 +1,119 @@
+"""Absorb a noise layer's ``E[theta]`` into the weights of the layer whose outputs it scales.
+
+At evaluation a ``LogNormalNoise`` multiplies structure ``i`` of its ``source`` layer's output by
+``E[theta_i]`` (zero once pruned): a per-row rescaling of that layer. Export folds it to drop the
+noise (``export.fold.fold_noise``); fine-tuning "as deployed" folds it so that Adam's steps act on
+the deployed weights' scale. For a structure that left the prior with ``E[theta] ~ 0.05``, fine-tuning
+through the factor would move the deployed weights twenty times slower than the learning rate says.
+
+The factor is applied at the source layer even when the noise sits further downstream (LeNet5 puts
+it after ReLU and max pool). That is exact only if every module in between commutes with a
+non-negative per-channel factor, which is checked rather than assumed.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from bmrs.models import Noised
+
+# Modules f with f(c * x) = c * f(x) channel by channel for every c >= 0 (evaluation mode): the
+# noise may sit after any chain of these and still be folded into the layer that feeds them.
+CHANNELWISE_HOMOGENEOUS = (
+    nn.ReLU, nn.LeakyReLU, nn.Identity, nn.Dropout,
+    nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+    nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+)  # fmt: skip
+FOLDABLE_LAYERS = (nn.Linear, nn.Conv2d)
+
+
+def absorb_expected_noise_(model: nn.Module) -> None:
+    """In place: multiply every noise's ``E[theta]`` into its source layer's output rows and make the
+    noise a deterministic factor of (nearly) one. Pruned structures keep their mask and stay zero.
+
+    The model computes the same evaluation function afterwards; what changes is the parametrisation
+    an optimiser sees. The posteriors are replaced, so run criteria before, not after, this.
+    """
+    wrappers = [(path, module) for path, module in model.named_modules() if isinstance(module, Noised)]
+    plans = [plan_fold(model, path, wrapper) for path, wrapper in wrappers]
+    with torch.no_grad():
+        for _, wrapper, source, _ in plans:
+            noise = wrapper.noise
+            before = noise.mean().detach()
+            noise.make_identity_()
+            # With log b != 0 the narrowest posterior still multiplies by ~b; divide it back out.
+            after = noise.mean().detach()
+            scale_output_rows(source, torch.where(noise.mask, before / after.where(noise.mask, 1.0), 0.0))
+
+
+def plan_fold(model: nn.Module, path: str, wrapper: Noised) -> tuple[str, Noised, nn.Module, str]:
+    """Resolve and check the layer ``wrapper``'s noise folds into."""
+    noise = wrapper.noise
+    if not path:
+        raise ValueError("the model itself is a Noised wrapper; pass the network that contains it")
+    if isinstance(wrapper.inner, Noised):
+        raise ValueError(f"noise wrapper {path!r} wraps another noise wrapper; fold supports one noise per layer")
+    source_path = getattr(noise, "source", None)
+    if not isinstance(source_path, str):
+        raise ValueError(
+            f"noise at {path!r} records no source layer (noise.source); insert noise with "
+            "bmrs.models.insert_noise, which records the layer whose outputs it scales"
+        )
+    try:
+        source = model.get_submodule(source_path)
+    except AttributeError as error:
+        raise ValueError(
+            f"noise at {path!r} names source {source_path!r}, which is not a module of the model"
+        ) from error
+    if not isinstance(source, FOLDABLE_LAYERS):
+        raise TypeError(
+            f"noise at {path!r} scales {source_path!r}, a {type(source).__name__}; only Linear and "
+            "Conv2d outputs can be folded and sliced"
+        )
+    width = source.out_features if isinstance(source, nn.Linear) else source.out_channels
+    if noise.num_structures != width:
+        raise ValueError(
+            f"noise at {path!r} has {noise.num_structures} structures but its source {source_path!r} "
+            f"has {width} outputs; the noise belongs to another layer"
+        )
+    # Output structures are dim 1 of a conv map and the last dim of a Linear output (dim 1 for the
+    # usual (batch, features) input); another axis would scale pixels or tokens, not weight rows.
+    allowed_dims = (1, -1) if isinstance(source, nn.Linear) else (1, -3)
+    if noise.dim not in allowed_dims:
+        raise ValueError(
+            f"noise at {path!r} acts along dim {noise.dim}, but the output structures of the "
+            f"{type(source).__name__} {source_path!r} lie along dim {allowed_dims[0]}"
+        )
+    if wrapper.inner is not source:
+        _check_commutes(model, path, wrapper, source_path)
+    return path, wrapper, source, source_path
+
+
+def _check_commutes(model: nn.Module, path: str, wrapper: Noised, source_path: str) -> None:
+    """Noise placed downstream of its source: the modules in between must commute with it."""
+    parent_path, _, wrapper_name = path.rpartition(".")
+    source_parent, _, source_name = source_path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    names = list(parent._modules) if isinstance(parent, nn.Sequential) else []
+    if source_parent != parent_path or source_name not in names or names.index(source_name) > names.index(wrapper_name):
+        raise ValueError(
+            f"noise at {path!r} is not inside or after its source {source_path!r} in one nn.Sequential, "
+            "so fold cannot tell what runs in between; place the noise on the source's own output"
+        )
+    between = [parent._modules[name] for name in names[names.index(source_name) + 1 : names.index(wrapper_name)]]
+    for module in [*between, wrapper.inner]:
+        if not isinstance(module, CHANNELWISE_HOMOGENEOUS):
+            raise ValueError(
+                f"noise at {path!r} sits after a {type(module).__name__} downstream of its source "
+                f"{source_path!r}; E[theta] only folds through modules that commute with a non-negative "
+                f"per-channel factor ({', '.join(t.__name__ for t in CHANNELWISE_HOMOGENEOUS)})"
+            )
+
+
+def scale_output_rows(layer: nn.Module, factor: Tensor) -> None:
+    weight = layer.weight
+    weight.mul_(factor.to(device=weight.device, dtype=weight.dtype).reshape(-1, *[1] * (weight.dim() - 1)))
+    if layer.bias is not None:
+        layer.bias.mul_(factor.to(device=layer.bias.device, dtype=layer.bias.dtype))
+
+
