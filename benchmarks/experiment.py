@@ -50,6 +50,9 @@ class RunSpec:
         """JSON-safe and comparable with a copy read back from a result file."""
         described = asdict(replace(self, train=replace(self.train, progress=False)))
         described["train"] = {k: v.value if isinstance(v, enum.Enum) else v for k, v in described["train"].items()}
+        if described["noise"] is not None and not described["noise"]["start_on"]:
+            # Results cached before start_on existed describe the same runs: keep them valid.
+            del described["noise"]["start_on"]
         return json.loads(json.dumps(described, allow_nan=False))
 
 

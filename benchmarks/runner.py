@@ -129,7 +129,7 @@ def parse_noise(pairs: Sequence[str] | None, flag: str = "--noise") -> dict[str,
     built now, so that bad bounds fail before training rather than when the first model is built."""
     noise = parse_overrides(pairs, NoiseInit, flag)
     try:
-        LogNormalNoise(1, **dataclasses.asdict(NoiseInit(**noise)))
+        LogNormalNoise(1, **NoiseInit(**noise).posterior_options())
     except ValueError as error:
         raise ValueError(f"{flag}: {error}") from None
     return noise

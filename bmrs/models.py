@@ -9,7 +9,7 @@ sliced away.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -272,15 +272,49 @@ def explicit_points(model: nn.Module, paths: tuple[str, ...] | list[str]) -> lis
     return [NoisePoint(path, path, _out_channels(layers[path])) for path in valid if path in seen]
 
 
+AUTHORS_INIT_LOG_SIGMA = -5.0
+
+
 @dataclass(frozen=True)
 class NoiseInit:
     """Where every noise posterior starts and the truncation it lives in (paper section 5: log a = -20,
-    log b = 0; the authors' code starts every structure at mu = 0, log sigma = -5, i.e. theta ~ 1)."""
+    log b = 0; the authors' code starts every structure at mu = 0, log sigma = -5, i.e. theta ~ 1).
+
+    ``start_on`` lists layer paths (or path prefixes such as ``features``) whose noise starts at the
+    authors' theta ~ 1 (``mu = log b``, ``log sigma = -5``) whatever ``init_mu`` / ``init_log_sigma``
+    say: with every posterior started at the bottom of the prior, a deep stack of noisy layers
+    multiplies the signal by ~1/20 per layer and hardly trains, so some layers may start on.
+    """
 
     init_mu: float = 0.0
     init_log_sigma: float = -5.0
     log_a: float = -20.0
     log_b: float = 0.0
+    start_on: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        paths = self.start_on
+        if isinstance(paths, str) or not isinstance(paths, (list, tuple)) or not all(isinstance(p, str) and p for p in paths):
+            raise TypeError(f"start_on must be a list of layer paths such as [features], got {paths!r}")
+        object.__setattr__(self, "start_on", tuple(paths))
+
+    def posterior_options(self) -> dict[str, float]:
+        """What every ``LogNormalNoise`` is built with (``start_on`` is applied afterwards)."""
+        return {"init_mu": self.init_mu, "init_log_sigma": self.init_log_sigma, "log_a": self.log_a, "log_b": self.log_b}
+
+
+def start_noise_on_(model: nn.Module, paths: tuple[str, ...]) -> None:
+    """Start the noise of every layer under ``paths`` at theta ~ 1 (``mu = log b``, ``log sigma = -5``)."""
+    noises = noise_modules(model)
+    sources = sorted((noise.source or name).removesuffix(".inner") for name, noise in noises.items())
+    for path in paths:
+        chosen = [n for n in noises.values() if n.source == path or (n.source or "").startswith(path + ".")]
+        if not chosen:
+            raise ValueError(f"start_on names {path!r}, which holds no noise layer; the noisy layers are {sources}")
+        with torch.no_grad():
+            for noise in chosen:
+                noise.mu.fill_(noise.log_b)
+                noise.log_sigma.fill_(AUTHORS_INIT_LOG_SIGMA)
 
 
 def build_network(
@@ -298,7 +332,8 @@ def build_network(
     torch.manual_seed(seed)
     model = build_model(name, input_shape, num_classes, **(options or {}))
     if noise is not None:
-        insert_noise(model, noise_points_for(name, model, noise_points), **asdict(noise))
+        insert_noise(model, noise_points_for(name, model, noise_points), **noise.posterior_options())
+        start_noise_on_(model, noise.start_on)
         attach_noise_bank(model)
     return model
 

@@ -389,3 +389,30 @@ def test_lenet5_widths_build_the_narrower_network_and_its_noise():
 def test_lenet5_refuses_bad_widths(widths):
     with pytest.raises(ValueError, match=r"four integers >= 1 \(conv1, conv2, fc1, fc2\)"):
         build_model("lenet5", (1, 28, 28), 10, widths=widths)
+
+
+def test_start_on_starts_the_named_layers_at_theta_one_and_the_rest_at_the_init():
+    from bmrs.models import NoiseInit, build_network
+
+    init = NoiseInit(init_mu=-20.0, init_log_sigma=5.0, start_on=["features"])
+    assert init.start_on == ("features",)
+    model = build_network("lenet5", (1, 28, 28), 10, noise=init, seed=0)
+    for name, noise in noise_modules(model).items():
+        on = name.startswith("features")
+        assert torch.all(noise.mu == (0.0 if on else -20.0)) and torch.all(noise.log_sigma == (-5.0 if on else 5.0)), name
+        mean = noise.mean()
+        assert torch.all(mean > 0.99) if on else torch.all(mean < 0.06), name
+    same = build_network("lenet5", (1, 28, 28), 10, noise=NoiseInit(init_mu=-20.0, init_log_sigma=5.0, start_on=("features.0", "features.3")), seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), same.state_dict().values()))
+
+
+@pytest.mark.parametrize("start_on, error, message", [
+    (["feature"], ValueError, r"start_on names 'feature', which holds no noise layer; the noisy layers are \['classifier.1', 'classifier.3', 'features.0', 'features.3'\]"),
+    ("features", TypeError, "start_on must be a list of layer paths"),
+    ([""], TypeError, "start_on must be a list of layer paths"),
+])  # fmt: skip
+def test_start_on_refuses_paths_without_noise(start_on, error, message):
+    from bmrs.models import NoiseInit, build_network
+
+    with pytest.raises(error, match=message):
+        build_network("lenet5", (1, 28, 28), 10, noise=NoiseInit(start_on=start_on), seed=0)

@@ -75,6 +75,7 @@ def test_none_method_means_no_noise():
         ("train.kl_weighting=strong", "not one of ['elbo', 'layer_mean']"),
         ("train.criterion_settings={p1: 4}", "bmrs_n has no such setting"),
         ("train=3", "expected a mapping"),
+        ("noise.start_on=features", "default.noise.start_on: expected a list"),
         ("nonsense", "expected key=value"),
     ],
 )
