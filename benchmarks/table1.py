@@ -10,12 +10,16 @@ re-run skips finished runs and recomputes those whose settings changed. The pape
 prunes "post-training based on the compression rate achieved by BMRS_N"; ``l2`` and ``grad`` train
 the same noisy model, prune once after the last training epoch (``prune_start = epochs``) at the
 per-layer fractions the same seed's ``bmrs_n`` run ended with, then fine-tune, so they run after it.
+Where that run removed nothing, pruning at its fractions removes nothing either and the training is
+the same computation (no criterion draws random numbers), so the result is the source's, marked
+``derived_from`` instead of being trained again.
 The table goes to ``<out>/table1.md`` and ``<out>/table1.csv`` (``benchmarks.table1_report``).
 """
 from __future__ import annotations
 
 import argparse
 import enum
+import json
 import sys
 import time
 from collections.abc import Sequence
@@ -131,6 +135,8 @@ def execute(model: str, method: str, seed: int, recipe: Recipe, out: Path, comma
     def compute() -> dict[str, Any]:
         nonlocal computed
         computed, started = True, time.perf_counter()
+        if fractions is not None and not any(fractions.values()):
+            return {**same_as_source(out, model, seed), **extras, "spec": spec.to_dict(), "run_seconds": 0.0}
         trained, result = train_and_measure(spec)
         result.update(extras)
         result["layer_sizes"] = {name: noise.num_structures for name, noise in noise_modules(trained).items()}
@@ -142,6 +148,15 @@ def execute(model: str, method: str, seed: int, recipe: Recipe, out: Path, comma
     if method == RATIO_SOURCE:
         outcome["fractions"] = pruned_fractions(result)
     return outcome
+
+
+def same_as_source(out: Path, model: str, seed: int) -> dict[str, Any]:
+    """The ratio source's stored result, for a method told to prune at fractions of zero."""
+    path = raw_path(out / "raw", DATASET, model, RATIO_SOURCE, seed)
+    source = json.loads(path.read_text())
+    for record in source["history"]:
+        record["criterion_keeps"] = None  # the source criterion's, not this method's
+    return {**source, "derived_from": path.name, "train_seconds": 0.0}
 
 
 def describe(outcome: dict[str, Any]) -> str:

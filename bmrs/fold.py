@@ -34,16 +34,20 @@ def absorb_expected_noise_(model: nn.Module) -> None:
     The model computes the same evaluation function afterwards; what changes is the parametrisation
     an optimiser sees. The posteriors are replaced, so run criteria before, not after, this.
     """
-    wrappers = [(path, module) for path, module in model.named_modules() if isinstance(module, Noised)]
-    plans = [plan_fold(model, path, wrapper) for path, wrapper in wrappers]
     with torch.no_grad():
-        for _, wrapper, source, _ in plans:
+        for _, wrapper, source, _ in plan_folds(model):
             noise = wrapper.noise
             before = noise.mean().detach()
             noise.make_identity_()
             # With log b != 0 the narrowest posterior still multiplies by ~b; divide it back out.
             after = noise.mean().detach()
             scale_output_rows(source, torch.where(noise.mask, before / after.where(noise.mask, 1.0), 0.0))
+
+
+def plan_folds(model: nn.Module) -> list[tuple[str, Noised, nn.Module, str]]:
+    """``(wrapper path, wrapper, source layer, source path)`` for every noise of ``model``, checked."""
+    wrappers = [(path, module) for path, module in model.named_modules() if isinstance(module, Noised)]
+    return [plan_fold(model, path, wrapper) for path, wrapper in wrappers]
 
 
 def plan_fold(model: nn.Module, path: str, wrapper: Noised) -> tuple[str, Noised, nn.Module, str]:
@@ -115,5 +119,3 @@ def scale_output_rows(layer: nn.Module, factor: Tensor) -> None:
     weight.mul_(factor.to(device=weight.device, dtype=weight.dtype).reshape(-1, *[1] * (weight.dim() - 1)))
     if layer.bias is not None:
         layer.bias.mul_(factor.to(device=layer.bias.device, dtype=layer.bias.dtype))
-
-

@@ -117,6 +117,17 @@ def mlp(
 LENET5_WIDTHS = (6, 16, 120, 84)
 
 
+def lenet5_widths(widths: tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    """``widths`` as a tuple, checked: conv1 filters, conv2 filters, fc1 and fc2 neurons."""
+    widths = tuple(widths)
+    if len(widths) != 4 or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
+        raise ValueError(
+            f"lenet5 widths are four integers >= 1 (conv1, conv2, fc1, fc2), got {widths!r}; "
+            f"the paper's are {LENET5_WIDTHS}"
+        )
+    return widths
+
+
 class LeNet5(nn.Module):
     """LeNet5 (LeCun et al., 1998): conv 6 and 16 filters of 5x5, each ReLU + 2x2 max pool, then
     fully connected 120 -> 84 -> classes. 28x28 inputs are padded by 2 so both 28 and 32 pixel
@@ -133,13 +144,7 @@ class LeNet5(nn.Module):
         super().__init__()
         if image_size not in (28, 32):
             raise ValueError(f"lenet5 takes 28x28 or 32x32 images, got {image_size}x{image_size}")
-        widths = tuple(widths)
-        if len(widths) != 4 or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
-            raise ValueError(
-                f"lenet5 widths are four integers >= 1 (conv1, conv2, fc1, fc2), got {widths!r}; "
-                f"the paper's are {LENET5_WIDTHS}"
-            )
-        conv1, conv2, fc1, fc2 = widths
+        conv1, conv2, fc1, fc2 = lenet5_widths(widths)
         padding = 2 if image_size == 28 else 0
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, conv1, 5, padding=padding), nn.ReLU(), nn.MaxPool2d(2),
@@ -287,7 +292,7 @@ class NoiseInit:
     """
 
     init_mu: float = 0.0
-    init_log_sigma: float = -5.0
+    init_log_sigma: float = AUTHORS_INIT_LOG_SIGMA
     log_a: float = -20.0
     log_b: float = 0.0
     start_on: tuple[str, ...] = ()
@@ -305,12 +310,12 @@ class NoiseInit:
 
 def start_noise_on_(model: nn.Module, paths: tuple[str, ...]) -> None:
     """Start the noise of every layer under ``paths`` at theta ~ 1 (``mu = log b``, ``log sigma = -5``)."""
-    noises = noise_modules(model)
-    sources = sorted((noise.source or name).removesuffix(".inner") for name, noise in noises.items())
+    # A wrapped layer's recorded source ends in ".inner"; users name the layer as the model has it.
+    layers = {noise: noise.source.removesuffix(".inner") for noise in noise_modules(model).values()}
     for path in paths:
-        chosen = [n for n in noises.values() if n.source == path or (n.source or "").startswith(path + ".")]
+        chosen = [noise for noise, layer in layers.items() if layer == path or layer.startswith(path + ".")]
         if not chosen:
-            raise ValueError(f"start_on names {path!r}, which holds no noise layer; the noisy layers are {sources}")
+            raise ValueError(f"start_on names {path!r}, which holds no noise layer; the noisy layers are {sorted(layers.values())}")
         with torch.no_grad():
             for noise in chosen:
                 noise.mu.fill_(noise.log_b)

@@ -54,6 +54,9 @@ class EpochRecord:
     compression: float
     alive: dict[str, int]
     seconds: float
+    # Per noise layer, the structures the criterion would keep were it to prune after this epoch: how
+    # a schedule's choice of pruning time shows up before it is made. None outside training with a criterion.
+    criterion_keeps: dict[str, int] | None = None
 
 
 @dataclass
@@ -99,9 +102,10 @@ def structure_compression(model: nn.Module) -> float:
     return 0.0 if total == 0 else 1.0 - sum(int(n.mask.sum()) for n in noises) / total
 
 
-def prune_step(model: nn.Module, criterion: Criterion, grad_sq: dict[str, Tensor], min_alive: int) -> int:
-    """Apply the criterion to every noise layer, never leaving fewer than ``min_alive`` structures."""
-    removed = 0
+def prune_decisions(model: nn.Module, criterion: Criterion, grad_sq: dict[str, Tensor], min_alive: int) -> dict[str, Tensor]:
+    """Per noise layer, the mask of structures the criterion removes (pruned ones included), never
+    leaving fewer than ``min_alive`` structures. Nothing is changed."""
+    decisions = {}
     for name, noise in noise_modules(model).items():
         source = model.get_submodule(noise.source)
         decision = criterion.decide(LayerView(name, noise, source, grad_sq.get(name)))
@@ -111,8 +115,14 @@ def prune_step(model: nn.Module, criterion: Criterion, grad_sq: dict[str, Tensor
             keep = torch.argsort(decision.scores, descending=True, stable=True)[:min_alive]
             prune[keep] = False
             prune |= ~noise.mask
-        removed += noise.prune_(prune)
-    return removed
+        decisions[name] = prune
+    return decisions
+
+
+def prune_step(model: nn.Module, criterion: Criterion, grad_sq: dict[str, Tensor], min_alive: int) -> int:
+    """Apply the criterion to every noise layer, never leaving fewer than ``min_alive`` structures."""
+    noises = noise_modules(model)
+    return sum(noises[name].prune_(prune) for name, prune in prune_decisions(model, criterion, grad_sq, min_alive).items())
 
 
 def training_fingerprint(model: nn.Module, data: DataBundle, config: TrainConfig) -> dict[str, Any]:
@@ -310,9 +320,14 @@ def train_(
             sums["seen"] += batch
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{sums['loss'] / sums['seen']:.4f}", acc=f"{sums['correct'] / sums['seen']:.3f}")
-        if criterion is not None and phase == "train" and _prunes_after(epoch + 1, config):
-            prune_step(model, criterion, grad_sq, config.min_structures_per_layer)
-            grad_sq = {}
+        keeps = None
+        if criterion is not None and phase == "train":
+            decisions = prune_decisions(model, criterion, grad_sq, config.min_structures_per_layer)
+            keeps = {name: int((~prune).sum()) for name, prune in decisions.items()}
+            if _prunes_after(epoch + 1, config):
+                for name, prune in decisions.items():
+                    noises_by_name[name].prune_(prune)
+                grad_sq = {}
         val_accuracy, val_nll = evaluate(model, data.val, config.eval_batch_size)
         record = EpochRecord(
             epoch=epoch + 1,
@@ -326,6 +341,7 @@ def train_(
             compression=compression(model),
             alive={name: int(noise.mask.sum()) for name, noise in noises_by_name.items()},
             seconds=time.perf_counter() - started,
+            criterion_keeps=keeps,
         )
         history.append(record)
         bar.close()

@@ -15,8 +15,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from bmrs.fold import plan_fold, scale_output_rows
-from bmrs.models import Noised
+from bmrs.fold import plan_folds, scale_output_rows
 from bmrs.noise import LogNormalNoise
 
 
@@ -36,8 +35,7 @@ def fold_noise(model: nn.Module) -> tuple[nn.Module, dict[str, Tensor]]:
     if not isinstance(model, nn.Module):
         raise TypeError(f"fold_noise takes an nn.Module, got {type(model).__name__}")
     plain = copy.deepcopy(model)
-    wrappers = [(path, module) for path, module in plain.named_modules() if isinstance(module, Noised)]
-    plans = [plan_fold(plain, path, wrapper) for path, wrapper in wrappers]
+    plans = plan_folds(plain)
 
     seen: dict[int, str] = {}
     for _, _, source, source_path in plans:

@@ -20,7 +20,7 @@ import yaml
 from benchmarks.latency import LatencyConfig
 from bmrs.criteria import CRITERIA, criterion_settings
 from bmrs.data import DATASETS, DEFAULT_ROOTS, resolve_root, root_hint
-from bmrs.models import MODELS, NoiseInit, mlp_settings
+from bmrs.models import MODELS, NoiseInit, lenet5_widths, mlp_settings
 from bmrs.post_training import PostTrainingConfig
 from bmrs.train import TrainConfig
 from bmrs.user_models import is_user_model, resolve_factory
@@ -58,6 +58,7 @@ class ModelConfig:
     preset: str | None = None  # mlp only: the paper's per-dataset MLP (mnist, fashion_mnist, cifar10)
     hidden_width: int | None = None  # mlp only; None: the preset's, else 150
     hidden_layers: int | None = None  # mlp only; None: the preset's, else 1
+    widths: tuple[int, ...] | None = None  # lenet5 only: conv1, conv2, fc1, fc2; None: the paper's 6, 16, 120, 84
     # None: the family's rule (user models: every hidden layer). Integers are accepted because YAML
     # reads nn.Sequential's child names (`[0, 2]`) as numbers; they are stored as the paths they name.
     noise_points: tuple[str | int, ...] | None = None
@@ -65,11 +66,13 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.name == "mlp":
             mlp_settings(self.preset, self.hidden_width, self.hidden_layers)  # a conflict fails at load time
-        else:
-            for key in ("preset", "hidden_width", "hidden_layers"):
+        if self.name == "lenet5" and self.widths is not None:
+            object.__setattr__(self, "widths", lenet5_widths(self.widths))
+        for family, keys in (("mlp", ("preset", "hidden_width", "hidden_layers")), ("lenet5", ("widths",))):
+            for key in keys if self.name != family else ():
                 if getattr(self, key) is not None:
                     raise ValueError(
-                        f"{key} applies to the mlp only, not to {self.name!r}; remove it (--set model.{key}=null)"
+                        f"{key} applies to the {family} only, not to {self.name!r}; remove it (--set model.{key}=null)"
                     )
         if self.noise_points is None:
             return
@@ -80,9 +83,12 @@ class ModelConfig:
         if len(set(paths)) != len(paths) or not all(paths):
             raise ValueError(f"noise_points {list(paths)} must be distinct, non-empty layer paths")
 
-    def options(self) -> dict[str, int]:
-        """What ``build_model`` takes besides the data's shape: the mlp's resolved width and depth."""
-        return mlp_settings(self.preset, self.hidden_width, self.hidden_layers) if self.name == "mlp" else {}
+    def options(self) -> dict[str, Any]:
+        """What ``build_model`` takes besides the data's shape: the mlp's resolved width and depth,
+        LeNet5's widths when given."""
+        if self.name == "mlp":
+            return mlp_settings(self.preset, self.hidden_width, self.hidden_layers)
+        return {"widths": self.widths} if self.widths is not None else {}
 
 
 NoiseConfig = NoiseInit  # the flow's ``noise`` section is the library's noise initialisation

@@ -81,6 +81,21 @@ def test_l2_and_grad_prune_at_bmrs_n_fractions(first_run):
         assert stored["test"]["compression"] == pytest.approx(bmrs_n["test"]["compression"])
 
 
+def test_l2_after_a_bmrs_n_that_removed_nothing_is_that_run(tmp_path):
+    # The authors' initialisation (theta ~ 1) prunes nothing in two tiny epochs.
+    table1.main(["--models", "mlp", "--seeds", "0", "--epochs", "2", "--finetune-epochs", "1", "--max-train-examples", "256",
+                 "--methods", "l2", "--out", str(tmp_path)])  # fmt: skip
+    bmrs_n, derived = load(tmp_path, "bmrs_n"), load(tmp_path, "l2")
+    assert bmrs_n["test"]["compression"] == 0.0
+    assert derived["derived_from"] == raw(tmp_path, "bmrs_n").name
+    recipe = table1.Recipe(epochs=2, finetune_epochs=1, max_train_examples=256)
+    _, trained = train_and_measure(table1.run_spec("mlp", "l2", 0, recipe, {"1.noise": 0.0}))
+    assert derived["spec"] == trained["spec"]
+    assert derived["test"] == trained["test"], "training it gives the same numbers, bit for bit"
+    assert [r["alive"] for r in derived["history"]] == [r["alive"] for r in trained["history"]]
+    assert [r["val_nll"] for r in derived["history"]] == [r["val_nll"] for r in trained["history"]]
+
+
 def test_layer_ratios_prune_once_after_training():
     spec = table1.run_spec("mlp", "l2", 0, table1.Recipe(epochs=2, finetune_epochs=1, max_train_examples=256), {"1.noise": 0.4})
     _, result = train_and_measure(spec)

@@ -10,8 +10,10 @@ from torch import nn
 from bmrs.models import (
     MODELS,
     LeNet5,
+    NoiseInit,
     Noised,
     build_model,
+    build_network,
     every_hidden_layer,
     insert_noise,
     lenet5_points,
@@ -392,8 +394,6 @@ def test_lenet5_refuses_bad_widths(widths):
 
 
 def test_start_on_starts_the_named_layers_at_theta_one_and_the_rest_at_the_init():
-    from bmrs.models import NoiseInit, build_network
-
     init = NoiseInit(init_mu=-20.0, init_log_sigma=5.0, start_on=["features"])
     assert init.start_on == ("features",)
     model = build_network("lenet5", (1, 28, 28), 10, noise=init, seed=0)
@@ -412,7 +412,5 @@ def test_start_on_starts_the_named_layers_at_theta_one_and_the_rest_at_the_init(
     ([""], TypeError, "start_on must be a list of layer paths"),
 ])  # fmt: skip
 def test_start_on_refuses_paths_without_noise(start_on, error, message):
-    from bmrs.models import NoiseInit, build_network
-
     with pytest.raises(error, match=message):
         build_network("lenet5", (1, 28, 28), 10, noise=NoiseInit(start_on=start_on), seed=0)

@@ -85,6 +85,8 @@ def test_train_prune_finetune():
         assert all(math.isfinite(v) for v in (record.loss, record.nll, record.kl, record.val_nll))
         assert record.loss == pytest.approx(record.nll + record.kl, rel=1e-6)
         assert 0 <= record.train_accuracy <= 1 and 0 <= record.val_accuracy <= 1 and record.seconds >= 0
+        # Pruning after every training epoch: what the criterion would keep is what survives.
+        assert record.criterion_keeps == (record.alive if record.phase == "train" else None)
     assert history[-1].val_accuracy > 0.5  # four blobs: far above chance (0.25)
     as_dicts = result.as_dict()
     assert len(as_dicts) == 3 and as_dicts[2]["phase"] == "finetune" and as_dicts[0]["alive"] == history[0].alive
@@ -92,6 +94,19 @@ def test_train_prune_finetune():
     model.eval()
     hidden = model[1](torch.flatten(data.val.images, 1))
     assert (hidden[:, :3] == 0).all()
+
+
+def test_criterion_keeps_are_recorded_before_pruning_starts():
+    model = noisy_mlp()
+    first_layer = next(iter(noise_modules(model).values()))
+    with torch.no_grad():
+        first_layer.mu[:3] = -19.0
+        first_layer.log_sigma[:3] = math.log(0.5)
+    history = train_(model, blobs(), TrainConfig(criterion="bmrs_n", prune_start=2, **FAST)).history
+    name = next(iter(noise_modules(model)))
+    assert history[0].alive[name] == 16, "nothing is pruned before prune_start"
+    assert history[0].criterion_keeps[name] <= 13, "the units at theta ~ e^-19 would go"
+    assert history[1].criterion_keeps == history[1].alive
 
 
 def test_gradient_criterion_collects_gradients_and_checkpoints(tmp_path):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from bmrs.models import build_model
 from bmrs.train import KLWeighting
 from pipeline.config import ConfigError, load_flow
 
@@ -121,6 +122,18 @@ def test_mlp_presets_and_their_conflicts():
         load_flow(REPO_FLOWS, "default", ["model.name=mlp", "model.preset=svhn"])
     with pytest.raises(ConfigError, match=r"hidden_width applies to the mlp only, not to 'lenet5'.*model.hidden_width=null"):
         load_flow(REPO_FLOWS, "default", ["model.hidden_width=64"])
+
+
+def test_lenet5_widths_reach_the_model_and_are_checked_at_load():
+    config = load_flow(REPO_FLOWS, "default", ["model.widths=[6, 10, 20, 20]"])
+    assert config.model.options() == {"widths": (6, 10, 20, 20)}
+    model = build_model(config.model.name, (1, 28, 28), 10, **config.model.options())
+    assert model.classifier[1].in_features == 10 * 5 * 5 and model.classifier[3].out_features == 20
+    assert load_flow(REPO_FLOWS, "default").model.options() == {}
+    with pytest.raises(ConfigError, match=r"lenet5 widths are four integers >= 1.*got \(6, 10, 20\)"):
+        load_flow(REPO_FLOWS, "default", ["model.widths=[6, 10, 20]"])
+    with pytest.raises(ConfigError, match=r"widths applies to the lenet5 only, not to 'mlp'.*model.widths=null"):
+        load_flow(REPO_FLOWS, "default", ["model.name=mlp", "model.widths=[6, 10, 20, 20]"])
 
 
 @pytest.fixture
