@@ -109,7 +109,6 @@ def _resume(run_dir_arg: str, *, no_progress: bool) -> int:
         return _fail(str(error))
     if no_progress:
         config = replace(config, train=replace(config.train, progress=False))
-    steps.set_status(run_dir, "running")
     print(f"bmrs: resuming flow {config.name!r} ({config.model.name} on {config.data.dataset}, method {config.method}) in {run_dir}")
     try:
         return _execute(config, run_dir, resume=True)
@@ -147,8 +146,13 @@ def _resume_group(group_dir: Path, *, no_progress: bool) -> int:
 
 def _run_group(config: FlowConfig, seed_list: list[int], group_dir: Path) -> int:
     from pipeline import seeds
+    from pipeline.resume import RunDirError, exclusive_run
 
-    summary = seeds.run_group(config, seed_list, group_dir, lambda c, d, resume: _execute(c, d, resume=resume))
+    try:
+        with exclusive_run(group_dir):
+            summary = seeds.run_group(config, seed_list, group_dir, lambda c, d, resume: _execute(c, d, resume=resume))
+    except RunDirError as error:
+        return _fail(str(error))
     print(f"bmrs: {len(summary['completed'])} of {len(seed_list)} seeds completed; summary {group_dir / 'summary.md'}")
     if summary["failed"]:
         failed = ", ".join(str(row["seed"]) for row in summary["failed"])
@@ -158,15 +162,27 @@ def _run_group(config: FlowConfig, seed_list: list[int], group_dir: Path) -> int
 
 
 def _execute(config: FlowConfig, run_dir: Path, *, resume: bool) -> int:
-    """Run the flow into ``run_dir``; status.json ends as completed, or failed with the reason."""
+    """Run the flow into ``run_dir``; status.json ends as completed, or failed with the reason.
+    Refused, with nothing written, while another process works in ``run_dir``."""
+    from pipeline.resume import RunDirError, exclusive_run
+
+    _prefect_environment()
+    try:
+        with exclusive_run(run_dir):
+            return _execute_locked(config, run_dir, resume=resume)
+    except RunDirError as error:  # raised before the run directory is touched
+        return _fail(str(error))
+
+
+def _execute_locked(config: FlowConfig, run_dir: Path, *, resume: bool) -> int:
     from bmrs.checkpoint import CheckpointError
     from bmrs.data import DatasetNotFoundError
     from bmrs.train import TrainingDivergedError
     from pipeline import steps
-
-    _prefect_environment()
     from pipeline.flow import compress_flow
 
+    if resume:
+        steps.set_status(run_dir, "running")
     try:
         report = compress_flow(config, run_dir, resume=resume)
     except (CheckpointError, DatasetNotFoundError, TrainingDivergedError, ValueError) as error:

@@ -7,7 +7,11 @@ anything in the directory is written: a refused resume leaves the directory exac
 """
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -15,6 +19,7 @@ from bmrs.checkpoint import read_checkpoint
 from pipeline.config import ConfigError, FlowConfig, _build, _validate_names
 
 STAGE_FOLDERS = ("train", "baseline", "post_training")
+LOCK_FILE = ".lock"
 
 
 class RunDirError(ValueError):
@@ -57,3 +62,27 @@ def check_checkpoints(run_dir: Path) -> None:
         path = Path(run_dir) / folder / "checkpoint.pt"
         if path.exists():
             read_checkpoint(path)  # raises CheckpointError naming the file
+
+
+@contextmanager
+def exclusive_run(directory: Path) -> Iterator[None]:
+    """Hold ``directory/.lock`` while this process works in ``directory``, so that a second `bmrs
+    resume` of a run (or group) still going is refused instead of both writing the same checkpoints.
+    The operating system drops the lock when its holder exits however it exits, ``kill -9``
+    included, so a crashed run never leaves a stale lock behind."""
+    directory = Path(directory)
+    with open(directory / LOCK_FILE, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise RunDirError(
+                f"another bmrs process (pid {holder}) is working in {str(directory)!r}; wait for it to end "
+                f"or stop it, then `bmrs resume {directory}`"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield

@@ -17,7 +17,7 @@ from prefect_env import prefect_environment
 from bmrs.checkpoint import read_checkpoint
 from pipeline.cli import main
 from pipeline.config import ConfigError, FlowConfig, load_flow
-from pipeline.resume import flow_config_from_dict
+from pipeline.resume import LOCK_FILE, exclusive_run, flow_config_from_dict
 
 REPO = Path(__file__).resolve().parents[2]
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -215,6 +215,33 @@ def test_resume_refuses_a_bad_run_dir_with_one_line_and_exit_2(tmp_path, capsys)
     line = one_error_line(capsys)
     assert "checkpoint.pt" in line and "corrupt" in line
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before, "nothing changed or deleted"
+
+
+@needs_fmnist
+def test_a_run_dir_another_process_works_in_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("pipeline.cli._prefect_environment", lambda: None)  # refused before Prefect is needed
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps(FlowConfig(name="default").to_dict()))
+    (run_dir / "status.json").write_text('{"state": "running"}')
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; lock = open(sys.argv[1], 'w'); fcntl.flock(lock, fcntl.LOCK_EX); "
+         "lock.write('4242'); lock.flush(); print('held', flush=True); time.sleep(120)", str(run_dir / LOCK_FILE)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["resume", str(run_dir)]) == 2
+        line = one_error_line(capsys)
+        assert "another bmrs process (pid 4242)" in line and f"bmrs resume {run_dir}" in line
+        assert json.loads((run_dir / "status.json").read_text()) == {"state": "running"}
+        assert sorted(p.name for p in run_dir.iterdir()) == [LOCK_FILE, "config.json", "status.json"]
+    finally:
+        holder.kill()  # as abrupt as kill -9: the operating system releases the lock
+        holder.wait()
+        holder.stdout.close()
+    with exclusive_run(run_dir):
+        assert (run_dir / LOCK_FILE).read_text() == f"{os.getpid()}\n"
 
 
 def test_run_config_round_trips_through_config_json():
