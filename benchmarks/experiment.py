@@ -53,6 +53,8 @@ class RunSpec:
         if described["noise"] is not None and not described["noise"]["start_on"]:
             # Results cached before start_on existed describe the same runs: keep them valid.
             del described["noise"]["start_on"]
+        if not described["train"]["prune_start_by_layer"]:
+            del described["train"]["prune_start_by_layer"]
         return json.loads(json.dumps(described, allow_nan=False))
 
 

@@ -108,6 +108,7 @@ def run_spec(model: str, method_name: str, seed: int, recipe: Recipe, layer_rati
         if layer_ratios is None:
             raise ValueError(f"method {method_name!r} needs the per-layer fractions of the {RATIO_SOURCE!r} run of seed {seed}")
         train["prune_start"] = recipe.epochs
+        train.pop("prune_start_by_layer", None)  # once, after training, in every layer
         settings["layer_ratios"] = dict(layer_ratios)
     train.update(criterion=method.criterion, criterion_settings=settings)
     return runner.paper_spec(model, DATASET, train=train, noise=noise, max_train_examples=recipe.max_train_examples)

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from bmrs.noise import LogNormalNoise, noise_modules
+from bmrs.noise import LogNormalNoise, noise_modules, noise_modules_under
 from bmrs.noise_bank import attach_noise_bank
 from bmrs.user_models import build_user_model, is_user_model
 
@@ -310,14 +310,9 @@ class NoiseInit:
 
 def start_noise_on_(model: nn.Module, paths: tuple[str, ...]) -> None:
     """Start the noise of every layer under ``paths`` at theta ~ 1 (``mu = log b``, ``log sigma = -5``)."""
-    # A wrapped layer's recorded source ends in ".inner"; users name the layer as the model has it.
-    layers = {noise: noise.source.removesuffix(".inner") for noise in noise_modules(model).values()}
     for path in paths:
-        chosen = [noise for noise, layer in layers.items() if layer == path or layer.startswith(path + ".")]
-        if not chosen:
-            raise ValueError(f"start_on names {path!r}, which holds no noise layer; the noisy layers are {sorted(layers.values())}")
         with torch.no_grad():
-            for noise in chosen:
+            for noise in noise_modules_under(model, path, "start_on").values():
                 noise.mu.fill_(noise.log_b)
                 noise.log_sigma.fill_(AUTHORS_INIT_LOG_SIGMA)
 

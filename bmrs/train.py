@@ -33,7 +33,7 @@ from bmrs.data import DataBundle, Split
 from bmrs.fold import absorb_expected_noise_
 from bmrs.metrics import classification_metrics
 from bmrs.fused import compile_enabled
-from bmrs.noise import LogNormalNoise, noise_modules, project_log_sigma_
+from bmrs.noise import LogNormalNoise, noise_modules, noise_modules_under, project_log_sigma_
 from bmrs.train_config import FinetuneNoise, KLWeighting, TrainConfig
 
 
@@ -130,6 +130,8 @@ def training_fingerprint(model: nn.Module, data: DataBundle, config: TrainConfig
     (bar ``progress``), the model's modules and tensor shapes, and the data. Resuming under a
     different fingerprint could not reproduce the uninterrupted run, so it is refused."""
     settings = {k: v.value if isinstance(v, enum.Enum) else v for k, v in asdict(config).items() if k != "progress"}
+    if not settings["prune_start_by_layer"]:
+        del settings["prune_start_by_layer"]  # checkpoints from before the setting existed stay resumable
     modules = {name or "(root)": _describe(module) for name, module in model.named_modules()}
     tensors = {key: f"{tensor.dtype}{list(tensor.shape)}" for key, tensor in model.state_dict().items()}
     splits = {"train": data.train, "val": data.val}
@@ -163,9 +165,18 @@ def _digest(split: Split) -> str:
     return f"{len(split)} examples, {hasher.hexdigest()}"
 
 
-def _prunes_after(epoch: int, config: TrainConfig) -> bool:
-    """Whether the criterion runs at the end of (1-based) ``epoch``."""
-    return epoch >= config.prune_start and (epoch - config.prune_start) % config.prune_every == 0
+def prune_starts(model: nn.Module, config: TrainConfig) -> dict[str, int]:
+    """Per noise layer, the first epoch after which the criterion prunes it (a later entry of
+    ``prune_start_by_layer`` wins where two name the same layer)."""
+    starts = dict.fromkeys(noise_modules(model), config.prune_start)
+    for path, start in config.prune_start_by_layer.items():
+        starts.update(dict.fromkeys(noise_modules_under(model, path, "train.prune_start_by_layer"), start))
+    return starts
+
+
+def _prunes_after(epoch: int, start: int, every: int) -> bool:
+    """Whether a layer whose pruning starts after ``start`` is pruned at the end of (1-based) ``epoch``."""
+    return epoch >= start and (epoch - start) % every == 0
 
 
 @dataclass
@@ -257,6 +268,7 @@ def train_(
     criterion = None
     if noises and config.criterion is not None:
         criterion = build_criterion(config.criterion, **config.criterion_settings)
+    starts = prune_starts(model, config)  # a path naming no noise layer fails here, before any epoch
     optimizer = make_optimizer(model, config.lr)
     shuffle = torch.Generator().manual_seed(config.seed)
     total_epochs = config.epochs + config.finetune_epochs
@@ -324,10 +336,10 @@ def train_(
         if criterion is not None and phase == "train":
             decisions = prune_decisions(model, criterion, grad_sq, config.min_structures_per_layer)
             keeps = {name: int((~prune).sum()) for name, prune in decisions.items()}
-            if _prunes_after(epoch + 1, config):
-                for name, prune in decisions.items():
+            for name, prune in decisions.items():
+                if _prunes_after(epoch + 1, starts[name], config.prune_every):
                     noises_by_name[name].prune_(prune)
-                grad_sq = {}
+                    grad_sq.pop(name, None)  # the gradient criterion's statistics restart with each pruning
         val_accuracy, val_nll = evaluate(model, data.val, config.eval_batch_size)
         record = EpochRecord(
             epoch=epoch + 1,

@@ -43,6 +43,9 @@ class TrainConfig:
     finetune_epochs: int = 10
     prune_every: int = 1
     prune_start: int = 1  # the first epoch after which the criterion runs; then every prune_every epochs
+    # Per layer (a path or path prefix, as in noise.start_on), a prune_start of its own; the layers
+    # not named follow prune_start. Layers leave the prior at different times (fc2 after fc1).
+    prune_start_by_layer: dict[str, int] = field(default_factory=dict)
     batch_size: int = 32
     lr: float = 1.4e-3
     kl_weighting: KLWeighting = KLWeighting.ELBO
@@ -64,6 +67,17 @@ class TrainConfig:
                 f"train.prune_start ({self.prune_start}) is after the last training epoch ({self.epochs}), "
                 "so nothing would be pruned; set it to at most train.epochs"
             )
+        if not isinstance(self.prune_start_by_layer, dict):
+            raise TypeError(f"train.prune_start_by_layer must map layer paths to epochs, got {self.prune_start_by_layer!r}")
+        # YAML reads nn.Sequential's child names (`1: 10`) as integers; they name the same paths.
+        starts = {str(path): start for path, start in self.prune_start_by_layer.items()}
+        object.__setattr__(self, "prune_start_by_layer", starts)
+        for path, start in starts.items():
+            if not path or isinstance(start, bool) or not isinstance(start, int) or not 1 <= start <= self.epochs:
+                raise ValueError(
+                    f"train.prune_start_by_layer[{path!r}] must be an epoch from 1 to train.epochs ({self.epochs}), "
+                    f"got {start!r}"
+                )
         if self.finetune_epochs < 0:
             raise ValueError(f"train.finetune_epochs must be >= 0, got {self.finetune_epochs}")
         if not (self.lr > 0 and math.isfinite(self.lr)):

@@ -109,6 +109,31 @@ def test_criterion_keeps_are_recorded_before_pruning_starts():
     assert history[1].criterion_keeps == history[1].alive
 
 
+def test_prune_start_by_layer_prunes_each_layer_from_its_own_epoch():
+    model = noisy_mlp()
+    for noise in noise_modules(model).values():  # three units per layer at theta ~ e^-19
+        with torch.no_grad():
+            noise.mu[:3] = -19.0
+            noise.log_sigma[:3] = math.log(0.5)
+    config = TrainConfig(criterion="bmrs_n", prune_start=2, prune_start_by_layer={1: 1}, **FAST)  # YAML's int key
+    assert config.prune_start_by_layer == {"1": 1}
+    history = train_(model, blobs(), config).history
+    assert history[0].alive["1.noise"] <= 13 and history[0].alive["3.noise"] == 16, "layer 3 waits for epoch 2"
+    assert history[1].alive["3.noise"] <= 13
+
+
+def test_prune_start_by_layer_is_checked():
+    with pytest.raises(ValueError, match=r"prune_start_by_layer\['1'\] must be an epoch from 1 to train.epochs \(2\), got 3"):
+        TrainConfig(prune_start_by_layer={"1": 3}, **FAST)
+    with pytest.raises(TypeError, match="must map layer paths to epochs"):
+        TrainConfig(prune_start_by_layer=[("1", 1)], **FAST)
+    model = noisy_mlp()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match=r"train.prune_start_by_layer names 'classifier', which holds no noise layer; the noisy layers are \['1', '3'\]"):
+        train_(model, blobs(), TrainConfig(prune_start_by_layer={"classifier": 1}, **FAST))
+    assert all(torch.equal(before[key], value) for key, value in model.state_dict().items()), "refused before any step"
+
+
 def test_gradient_criterion_collects_gradients_and_checkpoints(tmp_path):
     data = blobs()
     model = noisy_mlp()

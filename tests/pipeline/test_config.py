@@ -124,6 +124,13 @@ def test_mlp_presets_and_their_conflicts():
         load_flow(REPO_FLOWS, "default", ["model.hidden_width=64"])
 
 
+def test_prune_start_by_layer_from_the_command_line():
+    config = load_flow(REPO_FLOWS, "default", ["train.epochs=20", "train.prune_start_by_layer={classifier.1: 9, classifier.3: 15}"])
+    assert config.train.prune_start_by_layer == {"classifier.1": 9, "classifier.3": 15}
+    with pytest.raises(ConfigError, match=r"prune_start_by_layer\['classifier.1'\] must be an epoch from 1 to train.epochs \(5\)"):
+        load_flow(REPO_FLOWS, "default", ["train.prune_start_by_layer={classifier.1: 9}"])
+
+
 def test_lenet5_widths_reach_the_model_and_are_checked_at_load():
     config = load_flow(REPO_FLOWS, "default", ["model.widths=[6, 10, 20, 20]"])
     assert config.model.options() == {"widths": (6, 10, 20, 20)}
