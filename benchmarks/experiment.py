@@ -8,7 +8,6 @@ benchmark restarts where it stopped and a changed setting is never mistaken for 
 """
 from __future__ import annotations
 
-import enum
 import functools
 import json
 import math
@@ -48,13 +47,11 @@ class RunSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe and comparable with a copy read back from a result file."""
-        described = asdict(replace(self, train=replace(self.train, progress=False)))
-        described["train"] = {k: v.value if isinstance(v, enum.Enum) else v for k, v in described["train"].items()}
+        described = asdict(self)
+        described["train"] = replace(self.train, progress=False).to_dict()
         if described["noise"] is not None and not described["noise"]["start_on"]:
             # Results cached before start_on existed describe the same runs: keep them valid.
             del described["noise"]["start_on"]
-        if not described["train"]["prune_start_by_layer"]:
-            del described["train"]["prune_start_by_layer"]
         return json.loads(json.dumps(described, allow_nan=False))
 
 

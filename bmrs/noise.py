@@ -209,8 +209,9 @@ def noise_modules_under(model: nn.Module, path: str, setting: str) -> dict[str, 
     """The noise modules whose layer is ``path`` or lies under it (``features`` names every noisy
     layer in ``features``); ``setting`` names what asked, for the error when none does."""
     # A wrapped layer's recorded source ends in ".inner"; users name the layer as the model has it.
-    layers = {name: noise.source.removesuffix(".inner") for name, noise in noise_modules(model).items()}
-    chosen = {name: model.get_submodule(name) for name, layer in layers.items() if layer == path or layer.startswith(path + ".")}
+    noises = noise_modules(model)
+    layers = {name: noise.source.removesuffix(".inner") for name, noise in noises.items()}
+    chosen = {name: noises[name] for name, layer in layers.items() if layer == path or layer.startswith(path + ".")}
     if not chosen:
         raise ValueError(f"{setting} names {path!r}, which holds no noise layer; the noisy layers are {sorted(set(layers.values()))}")
     return chosen

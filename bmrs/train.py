@@ -12,7 +12,6 @@ of an uninterrupted run.
 """
 from __future__ import annotations
 
-import enum
 import hashlib
 import json
 import math
@@ -129,9 +128,7 @@ def training_fingerprint(model: nn.Module, data: DataBundle, config: TrainConfig
     """What a checkpoint's continuation depends on besides its own state: every training setting
     (bar ``progress``), the model's modules and tensor shapes, and the data. Resuming under a
     different fingerprint could not reproduce the uninterrupted run, so it is refused."""
-    settings = {k: v.value if isinstance(v, enum.Enum) else v for k, v in asdict(config).items() if k != "progress"}
-    if not settings["prune_start_by_layer"]:
-        del settings["prune_start_by_layer"]  # checkpoints from before the setting existed stay resumable
+    settings = {k: v for k, v in config.to_dict().items() if k != "progress"}
     modules = {name or "(root)": _describe(module) for name, module in model.named_modules()}
     tensors = {key: f"{tensor.dtype}{list(tensor.shape)}" for key, tensor in model.state_dict().items()}
     splits = {"train": data.train, "val": data.val}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
@@ -57,6 +57,14 @@ class TrainConfig:
     seed: int = 0
     eval_batch_size: int = 2048
     progress: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every setting, modes as their values: what checkpoints and cached results record. An empty
+        ``prune_start_by_layer`` is left out, so that records made before it existed still match."""
+        settings = {k: v.value if isinstance(v, enum.Enum) else v for k, v in asdict(self).items()}
+        if not settings["prune_start_by_layer"]:
+            del settings["prune_start_by_layer"]
+        return settings
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "prune_every", "prune_start", "eval_batch_size", "min_structures_per_layer"):

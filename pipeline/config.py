@@ -69,7 +69,9 @@ class ModelConfig:
         if self.name == "lenet5" and self.widths is not None:
             object.__setattr__(self, "widths", lenet5_widths(self.widths))
         for family, keys in (("mlp", ("preset", "hidden_width", "hidden_layers")), ("lenet5", ("widths",))):
-            for key in keys if self.name != family else ():
+            if self.name == family:
+                continue
+            for key in keys:
                 if getattr(self, key) is not None:
                     raise ValueError(
                         f"{key} applies to the {family} only, not to {self.name!r}; remove it (--set model.{key}=null)"

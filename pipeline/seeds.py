@@ -90,9 +90,7 @@ def run_group(config: FlowConfig, seeds: Sequence[int], group_dir: Path, execute
             if (run_dir / "report.json").is_file():
                 continue
             resume = (run_dir / "config.json").is_file()
-            if resume:
-                steps.set_status(run_dir, "running")
-            else:
+            if not resume:  # a resumed seed is marked running by ``execute``, once it holds the run's lock
                 steps.start_run_dir(seed_config(config, seed), run_dir)
             print(f"bmrs: seed {seed} -> {run_dir}")
             try:
