@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.seeds is not None:
             seeds.check_seeds(args.seeds)
-        steps.load_data(config)  # fail on a missing dataset before a run directory exists
+        # A missing dataset or a layer path naming nothing fails before a run directory exists.
+        steps.check_model(config, steps.load_data(config))
     except (DatasetNotFoundError, ValueError) as error:
         return _fail(str(error))
 

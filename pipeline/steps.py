@@ -32,7 +32,7 @@ from bmrs.checkpoint import load_checkpoint
 from bmrs.data import DataBundle, Split, load_dataset
 from bmrs.metrics import classification_metrics
 from bmrs.models import build_network
-from bmrs.train import TrainConfig, train_
+from bmrs.train import TrainConfig, prune_starts, train_
 from export.onnx_export import export_onnx
 from export.slicing import check_sliceable, count_flops, count_params, parameter_compression, slice_model
 from pipeline.config import FlowConfig
@@ -89,6 +89,13 @@ def build(config: FlowConfig, data: DataBundle, *, noisy: bool) -> nn.Module:
         # Fail before training, not at the first epoch's compression measure or at export.
         check_sliceable(model, example_input(data))
     return model
+
+
+def check_model(config: FlowConfig, data: DataBundle) -> None:
+    """Build the noisy model once and resolve every layer path the settings name (noise points,
+    ``noise.start_on``, ``train.prune_start_by_layer``), so that a typo fails before a run directory
+    exists or a baseline has trained."""
+    prune_starts(build(config, data, noisy=True), config.train)
 
 
 def example_input(data: DataBundle, batch: int = 2) -> torch.Tensor:

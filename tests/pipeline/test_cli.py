@@ -89,6 +89,9 @@ def test_default_flow_writes_a_complete_report(tmp_path):
         (["--set", "train.criterion=magic"], "unknown method 'magic'"),
         (["--set", "train.epochz=1"], "unknown setting"),
         (["--set", "data.root=/no/such/dir"], "apt-get install -y dataset-fashion-mnist"),
+        # Layer paths are resolved against the model, which needs the data's shape.
+        pytest.param(["--set", "noise.start_on=[featurez]"], "start_on names 'featurez', which holds no noise layer", marks=needs_fmnist),
+        pytest.param(["--set", "train.prune_start_by_layer={classifierz: 2}"], "prune_start_by_layer names 'classifierz'", marks=needs_fmnist),
     ],
 )
 def test_bad_input_is_one_clear_line_and_exit_2(tmp_path, args, fragment):
