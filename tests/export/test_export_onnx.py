@@ -61,8 +61,24 @@ def test_failed_parity_raises_and_leaves_no_file(tmp_path: Path) -> None:
     path = tmp_path / "model.onnx"
     path.write_bytes(b"stale export from an earlier run")
     with pytest.raises(OnnxParityError, match="tolerance 1e-12"):
-        export_onnx(sliced, case.x[:2], path, OnnxConfig(tolerance=1e-12, check_batch_sizes=(64,)))
+        export_onnx(sliced, case.x[:2], path, OnnxConfig(tolerance=1e-12, relative_tolerance=0.0, check_batch_sizes=(64,)))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_parity_bound_grows_with_the_size_of_the_outputs(tmp_path: Path) -> None:
+    # Fine-tuned pruned models can have logits in the hundreds; float32 rounding then exceeds any
+    # fixed absolute bound that would still catch a wrong op on ordinary logits.
+    case = make_noisy("lenet5")
+    sliced = slice_model(case.model, case.x[:2]).model
+    last = [module for module in sliced.modules() if isinstance(module, nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.mul_(1e4)
+        last.bias.mul_(1e4)
+    config = OnnxConfig(check_batch_sizes=(64,))
+    result = export_onnx(sliced, case.x[:2], tmp_path / "big.onnx", config)
+    assert result.max_abs_diff > config.tolerance  # the absolute part alone would have refused it
+    with pytest.raises(OnnxParityError, match="largest output"):
+        export_onnx(sliced, case.x[:2], tmp_path / "strict.onnx", OnnxConfig(relative_tolerance=0.0, check_batch_sizes=(64,)))
 
 
 def test_torchscript_exporter_fallback(tmp_path: Path) -> None:
@@ -100,6 +116,8 @@ def test_export_always_checks_a_batch_size_it_did_not_trace(tmp_path: Path) -> N
         ({"opset": 18.0}, TypeError, "opset"),
         ({"tolerance": -1.0}, ValueError, "tolerance"),
         ({"tolerance": float("nan")}, ValueError, "tolerance"),
+        ({"relative_tolerance": -1e-5}, ValueError, "relative_tolerance"),
+        ({"relative_tolerance": "1e-5"}, TypeError, "relative_tolerance"),
         ({"check_batch_sizes": ()}, ValueError, "check_batch_sizes"),
         ({"check_batch_sizes": (1, 0)}, ValueError, "check_batch_sizes"),
         ({"check_batch_sizes": 8}, TypeError, "check_batch_sizes"),
