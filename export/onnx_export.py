@@ -81,15 +81,22 @@ class OnnxConfig:
 
 @dataclass(frozen=True)
 class OnnxResult:
-    """A verified export. ``opset`` is the default-domain opset recorded in the file."""
+    """A verified export. ``opset`` is the default-domain opset recorded in the file;
+    ``largest_output`` is the largest absolute PyTorch output over the parity checks, the scale
+    ``max_abs_diff`` is judged against."""
 
     path: Path
     max_abs_diff: float
+    largest_output: float
     opset: int
     input_name: str
     output_name: str
     file_bytes: int
     checked_batch_sizes: tuple[int, ...]
+
+    def summary(self) -> dict[str, float | int | str]:
+        """What a report records of the export."""
+        return {"path": str(self.path), "max_abs_diff": self.max_abs_diff, "largest_output": self.largest_output, "bytes": self.file_bytes}
 
 
 def export_onnx(
@@ -130,7 +137,7 @@ def export_onnx(
         _export(model, trace_input, partial, config)
         onnx.checker.check_model(str(partial), full_check=True)
         opset = _check_graph(onnx.load(str(partial)))
-        max_abs_diff = _parity(model, example_input, partial, batch_sizes, config)
+        max_abs_diff, largest_output = _parity(model, example_input, partial, batch_sizes, config)
         os.replace(partial, path)
     except BaseException:
         partial.unlink(missing_ok=True)
@@ -141,6 +148,7 @@ def export_onnx(
     return OnnxResult(
         path=path,
         max_abs_diff=max_abs_diff,
+        largest_output=largest_output,
         opset=opset,
         input_name=INPUT_NAME,
         output_name=OUTPUT_NAME,
@@ -198,11 +206,14 @@ def _check_graph(proto: onnx.ModelProto) -> int:
     return next(entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx"))
 
 
-def _parity(model: nn.Module, example_input: Tensor, onnx_path: Path, batch_sizes: tuple[int, ...], config: OnnxConfig) -> float:
-    """Max abs difference between onnxruntime and PyTorch over ``batch_sizes``."""
+def _parity(
+    model: nn.Module, example_input: Tensor, onnx_path: Path, batch_sizes: tuple[int, ...], config: OnnxConfig
+) -> tuple[float, float]:
+    """Max abs difference between onnxruntime and PyTorch over ``batch_sizes``, and the largest
+    absolute PyTorch output there."""
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     generator = torch.Generator().manual_seed(0)
-    worst = 0.0
+    worst = largest = 0.0
     for batch in batch_sizes:
         x = torch.randn(batch, *example_input.shape[1:], generator=generator, dtype=example_input.dtype)
         with torch.no_grad():
@@ -225,5 +236,5 @@ def _parity(model: nn.Module, example_input: Tensor, onnx_path: Path, batch_size
                 f"relative_tolerance {config.relative_tolerance:.3g} x largest output); check for unsupported "
                 "ops or raise the tolerances"
             )
-        worst = max(worst, diff)
-    return worst
+        worst, largest = max(worst, diff), max(largest, scale)
+    return worst, largest

@@ -179,7 +179,7 @@ def compress_stage(config: FlowConfig, data: DataBundle, run_dir: Path, checkpoi
         "compression": sliced.compression,
         "widths": sliced.widths,
         "unpruned_params": sliced.dense_params,
-        "onnx": {"path": str(onnx.path), "max_abs_diff": onnx.max_abs_diff, "bytes": onnx.file_bytes},
+        "onnx": onnx.summary(),
     }
 
 
@@ -197,7 +197,7 @@ def dense_stage(config: FlowConfig, data: DataBundle, run_dir: Path, checkpoint:
         "params": count_params(model),
         "flops": count_flops(model, sample),
         **metrics,
-        "onnx": {"path": str(onnx.path), "max_abs_diff": onnx.max_abs_diff, "bytes": onnx.file_bytes},
+        "onnx": onnx.summary(),
     }
 
 

@@ -77,6 +77,8 @@ def test_parity_bound_grows_with_the_size_of_the_outputs(tmp_path: Path) -> None
     config = OnnxConfig(check_batch_sizes=(64,))
     result = export_onnx(sliced, case.x[:2], tmp_path / "big.onnx", config)
     assert result.max_abs_diff > config.tolerance  # the absolute part alone would have refused it
+    assert result.max_abs_diff <= config.tolerance + config.relative_tolerance * result.largest_output
+    assert result.summary()["largest_output"] == result.largest_output > 1e3
     with pytest.raises(OnnxParityError, match="largest output"):
         export_onnx(sliced, case.x[:2], tmp_path / "strict.onnx", OnnxConfig(relative_tolerance=0.0, check_batch_sizes=(64,)))
 

@@ -73,6 +73,7 @@ def test_default_flow_writes_a_complete_report(tmp_path):
     onnx_path = onnx_path if onnx_path.is_absolute() else tmp_path / onnx_path
     onnx.checker.check_model(str(onnx_path))
     assert 0 <= report["onnx"]["max_abs_diff"] <= 1e-4
+    assert report["onnx"]["largest_output"] > 0  # the scale the parity bound was judged against
     for batch in ("1", "16"):
         row = report["latency"]["CPUExecutionProvider"][batch]
         assert row["dense_p50_ms"] > 0 and row["pruned_p50_ms"] > 0

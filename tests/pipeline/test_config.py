@@ -13,20 +13,11 @@ from pipeline.config import ConfigError, load_flow
 REPO_FLOWS = Path(__file__).resolve().parents[2] / "flows.yaml"
 
 
-def test_every_shipped_flow_loads():
-    from pipeline.config import read_flows
-
-    for name in read_flows(REPO_FLOWS):
-        config = load_flow(REPO_FLOWS, name)
-        assert config.name == name
-        assert config.data.resolved_root()
-
-
 # The shapes the built-in datasets load as; the flows' layer paths are checked against models of these.
 SHIPPED_DATASET_SHAPES = {"fashion_mnist": (1, 28, 28), "mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 
 
-def test_every_shipped_flow_names_layers_its_model_has():
+def test_every_shipped_flow_loads_and_names_layers_its_model_has():
     from types import SimpleNamespace
 
     import torch
@@ -34,16 +25,18 @@ def test_every_shipped_flow_names_layers_its_model_has():
     from pipeline.config import read_flows
     from pipeline.steps import check_model
 
-    checked = []
+    with_start_on = []
     for name in read_flows(REPO_FLOWS):
         config = load_flow(REPO_FLOWS, name)
+        assert config.name == name
+        assert config.data.resolved_root()
         shape = SHIPPED_DATASET_SHAPES[config.data.dataset]
         # A typo in noise.start_on or train.prune_start_by_layer raises here, before any data is read.
         inputs = SimpleNamespace(images=torch.zeros(2, *shape))
         check_model(config, SimpleNamespace(input_shape=shape, num_classes=10, test=inputs))
         if config.noise.start_on:
-            checked.append(name)
-    assert "lenet5_fmnist_bmrs_n_from_prior" in checked
+            with_start_on.append(name)
+    assert "lenet5_fmnist_bmrs_n_from_prior" in with_start_on
 
 
 def test_overrides_reach_every_section():
