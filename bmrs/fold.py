@@ -8,12 +8,18 @@ through the factor would move the deployed weights twenty times slower than the 
 
 The factor is applied at the source layer even when the noise sits further downstream (LeNet5 puts
 it after ReLU and max pool). That is exact only if every module in between commutes with a
-non-negative per-channel factor, which is checked rather than assumed.
+non-negative per-channel factor, which is checked rather than assumed. Noise on a BatchNorm's
+output (where ``bmrs.structures`` puts it for a layer that feeds one) folds into the BatchNorm's
+``gamma`` and ``beta`` instead: ``c * (gamma * x_hat + beta)`` is a BatchNorm with ``c * gamma`` and
+``c * beta``, whatever ran before it.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from bmrs.models import Noised
 
@@ -35,22 +41,34 @@ def absorb_expected_noise_(model: nn.Module) -> None:
     an optimiser sees. The posteriors are replaced, so run criteria before, not after, this.
     """
     with torch.no_grad():
-        for _, wrapper, source, _ in plan_folds(model):
-            noise = wrapper.noise
+        for plan in plan_folds(model):
+            noise = plan.wrapper.noise
             before = noise.mean().detach()
             noise.make_identity_()
             # With log b != 0 the narrowest posterior still multiplies by ~b; divide it back out.
             after = noise.mean().detach()
-            scale_output_rows(source, torch.where(noise.mask, before / after.where(noise.mask, 1.0), 0.0))
+            scale_output_rows(plan.target, torch.where(noise.mask, before / after.where(noise.mask, 1.0), 0.0))
 
 
-def plan_folds(model: nn.Module) -> list[tuple[str, Noised, nn.Module, str]]:
-    """``(wrapper path, wrapper, source layer, source path)`` for every noise of ``model``, checked."""
+@dataclass(frozen=True)
+class FoldPlan:
+    """Where one noise folds: ``target`` (the source layer, or the BatchNorm the noise sits on)
+    absorbs ``E[theta]``; ``source`` is the layer whose output structures are sliced."""
+
+    wrapper_path: str
+    wrapper: Noised
+    source: nn.Module
+    source_path: str
+    target: nn.Module
+
+
+def plan_folds(model: nn.Module) -> list[FoldPlan]:
+    """A checked ``FoldPlan`` for every noise of ``model``."""
     wrappers = [(path, module) for path, module in model.named_modules() if isinstance(module, Noised)]
     return [plan_fold(model, path, wrapper) for path, wrapper in wrappers]
 
 
-def plan_fold(model: nn.Module, path: str, wrapper: Noised) -> tuple[str, Noised, nn.Module, str]:
+def plan_fold(model: nn.Module, path: str, wrapper: Noised) -> FoldPlan:
     """Resolve and check the layer ``wrapper``'s noise folds into."""
     noise = wrapper.noise
     if not path:
@@ -88,9 +106,17 @@ def plan_fold(model: nn.Module, path: str, wrapper: Noised) -> tuple[str, Noised
             f"noise at {path!r} acts along dim {noise.dim}, but the output structures of the "
             f"{type(source).__name__} {source_path!r} lie along dim {allowed_dims[0]}"
         )
+    if isinstance(wrapper.inner, _BatchNorm):
+        norm = wrapper.inner
+        if not norm.affine or norm.num_features != width:
+            raise ValueError(
+                f"noise at {path!r} sits on a BatchNorm with {norm.num_features} features (affine={norm.affine}); "
+                f"E[theta] folds into a BatchNorm only when it is affine and has the {width} channels of {source_path!r}"
+            )
+        return FoldPlan(path, wrapper, source, source_path, norm)
     if wrapper.inner is not source:
         _check_commutes(model, path, wrapper, source_path)
-    return path, wrapper, source, source_path
+    return FoldPlan(path, wrapper, source, source_path, source)
 
 
 def _check_commutes(model: nn.Module, path: str, wrapper: Noised, source_path: str) -> None:

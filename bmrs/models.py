@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from bmrs.noise import LogNormalNoise, noise_modules, noise_modules_under
 from bmrs.noise_bank import attach_noise_bank
+from bmrs.structures import NoisePoint, analyse_structures, out_width, sliceable_layers, structure_dim
 from bmrs.user_models import build_user_model, is_user_model
 
 ModelFactory = Callable[..., nn.Module]
@@ -167,27 +168,10 @@ def lenet5(
     return LeNet5(input_shape[0], input_shape[1], num_classes, widths=tuple(widths))
 
 
-@dataclass(frozen=True)
-class NoisePoint:
-    """Noise on the output of module ``after``, scaling the output structures of module ``source``."""
-
-    after: str
-    source: str
-    channels: int
-
-
-def _structured_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-
-
-def _out_channels(layer: nn.Module) -> int:
-    return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
-
-
 def every_hidden_layer(model: nn.Module) -> list[NoisePoint]:
     """Noise on every Linear/Conv2d output except the last layer's (its outputs are the classes)."""
-    layers = _structured_layers(model)
-    return [NoisePoint(name, name, _out_channels(layer)) for name, layer in layers[:-1]]
+    layers = sliceable_layers(model)
+    return [NoisePoint(name, name, out_width(layer), structure_dim(layer)) for name, layer in layers[:-1]]
 
 
 def lenet5_points(model: nn.Module) -> list[NoisePoint]:
@@ -240,41 +224,12 @@ def insert_noise(model: nn.Module, points: list[NoisePoint], **noise_options: fl
     sources: dict[int, nn.Module] = {}
     for point in points:
         sources[id(model.get_submodule(point.after))] = model.get_submodule(point.source)
-        noise = LogNormalNoise(point.channels, **noise_options)
+        noise = LogNormalNoise(point.channels, dim=point.dim, **noise_options)
         _set_submodule(model, point.after, Noised(model.get_submodule(point.after), noise))
     paths = {id(module): name for name, module in model.named_modules()}
     for wrapper in (m for m in model.modules() if isinstance(m, Noised)):
         wrapper.noise.source = paths[id(sources[id(wrapper.inner)])]
     return model
-
-
-def explicit_points(model: nn.Module, paths: tuple[str, ...] | list[str]) -> list[NoisePoint]:
-    """Noise right after each named Linear/Conv2d, in the model's own module order.
-
-    The order does not follow ``paths`` so that two configs listing the same layers build the same
-    model (checkpoints and noise banks depend on it).
-    """
-    if isinstance(paths, str) or not isinstance(paths, (list, tuple)):
-        raise TypeError(f"noise points must be a list of layer paths, got {paths!r}")
-    layers = dict(_structured_layers(model))
-    valid = list(layers)
-    if not paths:
-        raise ValueError(f"the noise point list is empty; name at least one of {valid}, or train without noise")
-    modules = dict(model.named_modules())
-    seen: set[str] = set()
-    for path in paths:
-        if path in seen:
-            raise ValueError(f"noise point {path!r} is listed twice; list each layer once")
-        seen.add(path)
-        if path not in layers:
-            what = f"a {type(modules[path]).__name__}" if path in modules else "not a module of the model"
-            raise ValueError(f"noise point {path!r} is {what}; noise points must be Linear/Conv2d layers, one of {valid}")
-    if valid[-1] in seen:
-        raise ValueError(
-            f"noise point {valid[-1]!r} is the model's last Linear/Conv2d layer, whose outputs are the classes; "
-            f"pruning it would remove classes: drop it (the hidden layers are {valid[:-1]})"
-        )
-    return [NoisePoint(path, path, _out_channels(layers[path])) for path in valid if path in seen]
 
 
 AUTHORS_INIT_LOG_SIGMA = -5.0
@@ -332,24 +287,35 @@ def build_network(
     torch.manual_seed(seed)
     model = build_model(name, input_shape, num_classes, **(options or {}))
     if noise is not None:
-        insert_noise(model, noise_points_for(name, model, noise_points), **noise.posterior_options())
+        points = noise_points_for(name, model, noise_points, input_shape=tuple(input_shape))
+        insert_noise(model, points, **noise.posterior_options())
         start_noise_on_(model, noise.start_on)
         attach_noise_bank(model)
     return model
 
 
 def noise_points_for(
-    model_name: str, model: nn.Module, explicit: tuple[str, ...] | list[str] | None = None
+    model_name: str,
+    model: nn.Module,
+    explicit: tuple[str, ...] | list[str] | None = None,
+    *,
+    input_shape: tuple[int, ...] | None = None,
 ) -> list[NoisePoint]:
-    """The family's noise rule (user models: every hidden Linear/Conv2d), or ``explicit`` layer paths."""
-    if explicit is not None:
-        return explicit_points(model, explicit)
-    rule = NOISE_RULES.get(model_name, every_hidden_layer)
-    return rule(model)
+    """The family's noise rule, or (user models, and ``explicit`` layer paths) the layers
+    ``analyse_structures`` finds can carry noise exactly, traced on a batch of ``input_shape``."""
+    rule = NOISE_RULES.get(model_name)
+    if explicit is None and rule is not None:
+        return rule(model)
+    if input_shape is None:
+        raise TypeError(
+            f"noise points of {model_name!r} are found by tracing the model: pass input_shape (one example's shape)"
+        )
+    structures = analyse_structures(model, torch.zeros(2, *input_shape))
+    return structures.default_points() if explicit is None else structures.points_for(explicit)
 
 
 __all__ = [
     "LENET5_WIDTHS", "MLP_PRESETS", "MODELS", "NOISE_RULES", "LeNet5", "MlpShape", "NoiseInit", "NoisePoint", "Noised", "build_model", "build_network",
-    "every_hidden_layer", "explicit_points", "insert_noise", "lenet5_points", "mlp_settings", "noise_modules",
+    "every_hidden_layer", "insert_noise", "lenet5_points", "mlp_settings", "noise_modules",
     "noise_points_for", "register_model",
 ]  # fmt: skip

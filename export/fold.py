@@ -23,7 +23,8 @@ def fold_noise(model: nn.Module) -> tuple[nn.Module, dict[str, Tensor]]:
     """Return ``(plain, keep)``: a copy of ``model`` without noise, computing its evaluation output.
 
     Every ``Noised`` wrapper is replaced by its ``inner`` module and ``E[theta]`` (zero where pruned)
-    is multiplied into the output rows (weight and bias) of the noise's ``source`` layer. ``keep``
+    is multiplied into the output rows (weight and bias) of the noise's ``source`` layer, or into
+    the ``gamma`` and ``beta`` of the BatchNorm the noise sits on. ``keep``
     maps each source layer's path *in the returned model* to a bool mask over its output
     structures, ``True`` where the structure survives. ``model`` itself is not modified; a model
     without noise gives a plain copy and ``{}``.
@@ -38,18 +39,18 @@ def fold_noise(model: nn.Module) -> tuple[nn.Module, dict[str, Tensor]]:
     plans = plan_folds(plain)
 
     seen: dict[int, str] = {}
-    for _, _, source, source_path in plans:
-        if id(source) in seen:
-            raise ValueError(f"layer {source_path!r} carries more than one noise; fold supports one noise per layer")
-        seen[id(source)] = source_path
+    for plan in plans:
+        if id(plan.source) in seen:
+            raise ValueError(f"layer {plan.source_path!r} carries more than one noise; fold supports one noise per layer")
+        seen[id(plan.source)] = plan.source_path
 
     folded: list[tuple[nn.Module, Tensor]] = []
     with torch.no_grad():
-        for path, wrapper, source, _ in plans:
-            factor = wrapper.noise.mean().detach()
-            scale_output_rows(source, factor)
-            folded.append((source, wrapper.noise.mask.detach().clone()))
-            _set_submodule(plain, path, wrapper.inner)
+        for plan in plans:
+            factor = plan.wrapper.noise.mean().detach()
+            scale_output_rows(plan.target, factor)
+            folded.append((plan.source, plan.wrapper.noise.mask.detach().clone()))
+            _set_submodule(plain, plan.wrapper_path, plan.wrapper.inner)
 
     stray = [path for path, module in plain.named_modules() if isinstance(module, LogNormalNoise)]
     if stray:

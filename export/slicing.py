@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import torch
 import torch_pruning as tp
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _NormBase
 
+from bmrs.noise import LogNormalNoise, noise_modules
 from export.fold import fold_noise
 
 SLICEABLE_LAYERS = (nn.Linear, nn.Conv2d)
@@ -111,8 +113,9 @@ def slice_(model: nn.Module, keep: Mapping[str, Tensor], example_input: Tensor) 
             if other is not layer and isinstance(other, SLICEABLE_LAYERS) and graph.is_out_channel_pruning_fn(dep.handler):
                 raise ValueError(
                     f"the outputs of {path!r} and {paths.get(id(other), type(other).__name__)!r} are coupled "
-                    "(e.g. summed by a residual), so removing channels of one removes them from the other; "
-                    "put one noise point on the sum instead of on both layers, or leave these layers unpruned"
+                    "(summed by a residual, or tied by a depthwise convolution), so removing channels of one removes "
+                    "them from the other; leave these layers without noise (bmrs.structures.analyse_structures lists "
+                    "the layers that can carry it)"
                 )
         group.prune()
     sliced.train(was_training)
@@ -128,22 +131,72 @@ def slice_(model: nn.Module, keep: Mapping[str, Tensor], example_input: Tensor) 
 
 
 def check_sliceable(noisy_model: nn.Module, example_input: Tensor) -> None:
-    """Raise the ``slice_`` error now if pruning any noise layer's structures could not be sliced.
+    """Refuse, before any training, noise points whose pruned structures export cannot remove exactly.
 
-    Every noise source is sliced at once with its first structure removed, on a copy: coupled
-    layers (e.g. summed by a residual) fail here, before any training, instead of mid-run.
+    On a copy, every noise starts at a factor of one and loses one structure; the copy's evaluation
+    output (masked) is compared with that of its folded, sliced model. The copy's normalisation
+    statistics and affine parameters are randomised first: a fresh BatchNorm maps zero to zero,
+    which would hide a noise placed before it. A mismatch names the layers at fault, each found by
+    trying it alone. ``noisy_model`` is untouched.
     """
-    dense, keep = fold_noise(noisy_model)
-    if not keep:
+    trial = _trial_copy(noisy_model)
+    noises = {name: noise for name, noise in noise_modules(trial).items() if noise.num_structures >= 2}
+    if not noises:
         return
-    trial = {}
-    for path, mask in keep.items():
-        if mask.numel() < 2:
-            continue  # a single structure is never removed (min_structures_per_layer >= 1)
-        trial[path] = torch.ones_like(mask)
-        trial[path][0] = False
-    if trial:
-        slice_(dense, trial, example_input)
+    gap, bound = _slice_gap(trial, noises, example_input)
+    if gap <= bound:
+        return
+    culprits = [noise.source.removesuffix(".inner") for name, noise in noises.items() if _slice_gap(trial, {name: noise}, example_input)[0] > bound]
+    raise ValueError(
+        f"removing a pruned structure of {culprits or sorted(n.source.removesuffix('.inner') for n in noises.values())} changes the model's output "
+        f"(by up to {gap:.3g}) although masking it should not, so the exported model would differ from the evaluated one; "
+        "something between that layer and the next one turns a zeroed structure into a non-zero value (a normalisation, "
+        "an activation with f(0) != 0, an added constant): put the noise on a layer whose outputs feed the next layer "
+        "directly, or list noise points without it"
+    )
+
+
+def _trial_copy(noisy_model: nn.Module) -> nn.Module:
+    trial = copy.deepcopy(noisy_model).eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in trial.modules():
+            if isinstance(module, (_NormBase, nn.LayerNorm, nn.GroupNorm)):
+                _randomise_norm_(module, generator)
+        for noise in noise_modules(trial).values():
+            noise.make_identity_()
+    return trial
+
+
+def _randomise_norm_(norm: nn.Module, generator: torch.Generator) -> None:
+    """Statistics under which a zeroed input channel leaves the norm positive (``beta - gamma *
+    mean / std > 0``), so that a misplaced noise shows even behind a ReLU."""
+    def magnitude(like: Tensor) -> Tensor:
+        return torch.randn(like.shape, generator=generator, dtype=like.dtype).abs()
+
+    if getattr(norm, "running_mean", None) is not None:
+        norm.running_mean.copy_(-magnitude(norm.running_mean))
+        norm.running_var.copy_(0.5 + magnitude(norm.running_var))
+    if getattr(norm, "weight", None) is not None:
+        norm.weight.copy_(1.0 + 0.5 * magnitude(norm.weight))
+    if getattr(norm, "bias", None) is not None:
+        norm.bias.copy_(0.1 + magnitude(norm.bias))
+
+
+def _slice_gap(trial: nn.Module, noises: Mapping[str, LogNormalNoise], example_input: Tensor) -> tuple[float, float]:
+    """Largest |masked - sliced| output with structure 0 of each of ``noises`` pruned, and the
+    float32 rounding bound it is judged against."""
+    masked = copy.deepcopy(trial)
+    by_name = noise_modules(masked)
+    for name in noises:
+        drop = torch.zeros_like(by_name[name].mask)
+        drop[0] = True
+        by_name[name].prune_(drop)
+    sliced = slice_model(masked, example_input).model.eval()
+    with torch.no_grad():
+        reference = masked(example_input)
+        gap = float((reference - sliced(example_input)).abs().max())
+    return gap, 1e-4 * (1.0 + float(reference.abs().max()))
 
 
 def count_params(model: nn.Module) -> int:
