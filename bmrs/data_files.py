@@ -25,7 +25,9 @@ standardised inputs) but must be finite and within ``[-10, 10]``: larger values 
 """
 from __future__ import annotations
 
+import struct
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -75,12 +77,11 @@ def _image_folder_set(folder: Path):
 
 
 def _read_images(paths: list[str]) -> Tensor:
-    from PIL import Image
     from torchvision.transforms import v2
 
     sizes, modes = [], []
     for path in paths:
-        with Image.open(path) as image:  # header only: sizes and modes are checked before decoding
+        with _opened(path) as image:  # header only: sizes and modes are checked before decoding
             sizes.append(image.size)
             modes.append(image.mode)
     for path, size, mode in zip(paths, sizes, modes):
@@ -97,9 +98,32 @@ def _read_images(paths: list[str]) -> Tensor:
     to_tensor = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
     tensors = []
     for path in paths:
-        with Image.open(path) as image:
-            tensors.append(to_tensor(image.convert(mode)))
+        with _opened(path) as image:
+            try:
+                pixels = image.convert(mode)
+            except _IMAGE_ERRORS as error:  # a truncated file has a sound header and fails only here
+                raise _unreadable(path, error) from error
+        tensors.append(to_tensor(pixels))
     return torch.stack(tensors).as_subclass(Tensor)
+
+
+# What PIL raises for a damaged file: OSError (truncated, unidentified), SyntaxError (a broken PNG
+# chunk), the others from its decoders' sanity checks.
+_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error)
+
+
+def _opened(path: str):
+    from PIL import Image
+
+    try:
+        return Image.open(path)
+    except _IMAGE_ERRORS as error:
+        raise _unreadable(path, error) from error
+
+
+def _unreadable(path: str, error: BaseException) -> ValueError:
+    reason = " ".join(str(error).split()) or type(error).__name__
+    return ValueError(f"image_folder: {path} is not a readable image ({reason}); re-save it or remove it from the folder")
 
 
 @register_dataset("image_folder", None, expects=_IMAGE_FOLDER_EXPECTS)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import gzip
+import json
+import os
 import struct
 from pathlib import Path
 
@@ -74,13 +76,110 @@ def test_flat_gz_folder_is_staged(tmp_path, name):
     bundle = load_dataset(name, root, val_fraction=0.25, seed=3, cache_dir=cache)
     check_fake_bundle(bundle, arrays, num_val=5)
     folder = "FashionMNIST" if name == "fashion_mnist" else "MNIST"
-    raw = cache / "datasets" / name / folder / "raw"
+    (staged,) = (cache / "datasets" / name).iterdir()  # one copy, in a folder named by its source's identity
+    raw = staged / folder / "raw"
     assert sorted(p.name for p in raw.iterdir()) == sorted(FILES), "only complete files, no partial leftovers"
-    # Loading again reuses the staged copy and gives the same split.
+    source = json.loads((staged / "source.json").read_text())["path_size_mtime_ns_inode"]
+    assert [Path(row[0]).name for row in source] == [f"{file}.gz" for file in FILES]
+    # Loading again reuses the staged copy, untouched, and gives the same split.
+    before = staged_files(cache)
     again = load_dataset(name, root, val_fraction=0.25, seed=3, cache_dir=cache)
+    assert staged_files(cache) == before
     assert torch.equal(again.val.images, bundle.val.images) and torch.equal(again.train.labels, bundle.train.labels)
     other = load_dataset(name, root, val_fraction=0.25, seed=4, cache_dir=cache)
     assert not torch.equal(other.val.images, bundle.val.images)
+
+
+def staged_files(cache: Path) -> dict[Path, tuple[int, int]]:
+    """Every staged file with its inode and modification time: a re-staged file gets new ones."""
+    return {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (cache / "datasets").rglob("*") if p.is_file()}
+
+
+def test_the_cache_never_stands_in_for_the_named_root(tmp_path):
+    cache = tmp_path / "cache"
+    first = write_flat(tmp_path / "first", fake_arrays(0))
+    load_dataset("fashion_mnist", first, cache_dir=cache)  # a staged copy now exists
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "unrelated").mkdir()
+    (tmp_path / "unrelated" / "notes.txt").write_text("not a dataset")
+    for root in (tmp_path / "empty", tmp_path / "unrelated"):
+        with pytest.raises(DatasetNotFoundError) as info:
+            load_dataset("fashion_mnist", root, cache_dir=cache)
+        message = str(info.value)
+        assert str(root) in message and all(file in message for file in FILES) and "apt-get install" in message
+        assert "\n" not in message
+    with pytest.raises(DatasetNotFoundError, match="empty string.*or leave it unset .null. for the default"):
+        load_dataset("fashion_mnist", "", cache_dir=cache)
+    with pytest.raises(DatasetNotFoundError, match="empty string; set data.root to an .npz file"):
+        load_dataset("npz", "  ", cache_dir=cache)
+
+
+def test_the_cache_is_keyed_by_the_source_files(tmp_path):
+    cache = tmp_path / "cache"
+    old, new = fake_arrays(0), fake_arrays(5)
+    first = write_flat(tmp_path / "first", old)
+    second = write_flat(tmp_path / "second", new)
+
+    def test_images(root: Path) -> torch.Tensor:
+        return load_dataset("fashion_mnist", root, cache_dir=cache).test.images[:, 0]
+
+    assert torch.equal(test_images(first), torch.from_numpy(old[FILES[2]]) / 255.0)
+    # Another root holding files of the same names is another source.
+    assert torch.equal(test_images(second), torch.from_numpy(new[FILES[2]]) / 255.0)
+    assert len(list((cache / "datasets" / "fashion_mnist").iterdir())) == 2
+    # The first root's files rewritten in place: the new data is read, not the copy staged before.
+    write_flat(first, new)
+    for file in FILES:
+        status = (first / f"{file}.gz").stat()  # a later modification time even on a coarse-grained clock
+        os.utime(first / f"{file}.gz", ns=(status.st_atime_ns, status.st_mtime_ns + 10**9))
+    assert torch.equal(test_images(first), torch.from_numpy(new[FILES[2]]) / 255.0)
+
+
+@pytest.mark.parametrize("bad", ["file", "under_file", "empty"])
+def test_a_cache_dir_that_cannot_be_a_folder_is_refused_before_anything_is_written(tmp_path, bad):
+    root = write_flat(tmp_path / "flat", fake_arrays())
+    (tmp_path / "a_file").write_text("keep me")
+    cache_dir = {"file": tmp_path / "a_file", "under_file": tmp_path / "a_file" / "cache", "empty": ""}[bad]
+    before = sorted(tmp_path.rglob("*"))
+    for name, data_root in (("fashion_mnist", root), ("npz", tmp_path / "absent.npz")):  # checked whatever the dataset
+        with pytest.raises(ValueError, match=r"data.cache_dir.*set data.cache_dir to a writable folder") as info:
+            load_dataset(name, data_root, cache_dir=cache_dir)
+        assert not isinstance(info.value, DatasetNotFoundError)
+    assert sorted(tmp_path.rglob("*")) == before and (tmp_path / "a_file").read_text() == "keep me"
+
+
+def test_a_damaged_idx_file_names_itself(tmp_path):
+    root = write_flat(tmp_path / "flat", fake_arrays())
+    (root / f"{FILES[1]}.gz").write_bytes((root / f"{FILES[1]}.gz").read_bytes()[:30])  # a cut-off download
+    with pytest.raises(DatasetNotFoundError, match=rf"{FILES[1]}.gz' cannot be read.*replace it with a complete copy"):
+        load_dataset("fashion_mnist", root, cache_dir=tmp_path / "cache")
+    assert not list((tmp_path / "cache").rglob(FILES[1])), "nothing half-staged"
+    plain = write_flat(tmp_path / "plain", fake_arrays(), compress=False)
+    (plain / FILES[2]).write_bytes(b"\x00\x00\x08\x03" + b"\x00" * 3)  # a header cut short
+    with pytest.raises(DatasetNotFoundError, match=r"t10k-\*-ubyte files .* are not valid IDX files"):
+        load_dataset("fashion_mnist", plain, cache_dir=tmp_path / "cache")
+
+
+def idx_labelled(tmp_path: Path, **changes: np.ndarray) -> Path:
+    arrays = fake_arrays()
+    arrays.update({FILES[{"train_labels": 1, "test_images": 2, "test_labels": 3}[key]]: value for key, value in changes.items()})
+    return write_flat(tmp_path / "flat", arrays)
+
+
+@pytest.mark.parametrize(
+    "changes, fragment",
+    [
+        ({"train_labels": np.full(NUM_TRAIN, 4)}, "every training example has the label 4; a classifier needs at least"),
+        ({"train_labels": np.arange(NUM_TRAIN) % 10 + 3}, "the training split has the label 12, outside the 10 classes 0..9"),
+        ({"test_labels": np.full(NUM_TEST, 200)}, "the test split has the label 200, outside the 10 classes 0..9"),
+        ({"train_labels": np.arange(NUM_TRAIN) % 5}, "the test split has the labels [5, 6, 8, 9], which no training example has"),
+        ({"test_labels": np.zeros(NUM_TEST - 1)}, f"the test split has {NUM_TEST} images but {NUM_TEST - 1} labels"),
+    ],
+)
+def test_idx_labels_a_classifier_cannot_use_are_refused(tmp_path, changes, fragment):
+    with pytest.raises(ValueError) as info:
+        load_dataset("fashion_mnist", idx_labelled(tmp_path, **changes), cache_dir=tmp_path / "cache")
+    assert fragment in str(info.value) and str(tmp_path / "flat") in str(info.value)
 
 
 def test_flat_plain_folder(tmp_path):
@@ -145,6 +244,8 @@ def real_cache(tmp_path_factory) -> Path:
 
 def test_real_fashion_mnist(real_cache):
     bundle = load_dataset("fashion_mnist", REAL_ROOT, cache_dir=real_cache)
+    staged = staged_files(real_cache)
+    assert len({path.parents[2] for path in staged if path.name in FILES}) == 1  # one copy, keyed by the source
     assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (48000, 12000, 10000)
     assert bundle.num_classes == 10 and bundle.input_shape == (1, 28, 28)
     for split in (bundle.train, bundle.val, bundle.test):
@@ -155,6 +256,7 @@ def test_real_fashion_mnist(real_cache):
     assert torch.bincount(torch.cat([bundle.train.labels, bundle.val.labels])).tolist() == [6000] * 10
     # deterministic for a seed, different for another
     again = load_dataset("fashion_mnist", REAL_ROOT, cache_dir=real_cache)
+    assert staged_files(real_cache) == staged, "the second load reads the staged copy, staging nothing again"
     assert torch.equal(again.val.labels, bundle.val.labels) and torch.equal(again.val.images[:500], bundle.val.images[:500])
     other = load_dataset("fashion_mnist", REAL_ROOT, seed=1, cache_dir=real_cache)
     assert not torch.equal(other.val.labels, bundle.val.labels)
@@ -242,6 +344,35 @@ def test_image_folder_errors_name_the_file_and_the_fix(tmp_path):
     assert str(tmp_path / "absent") in str(info.value) and "<root>/<class>/*.png" in str(info.value)
 
 
+def damage_png(path: Path, how: str) -> None:
+    """``cut``: the file ends inside its pixel data (a sound header: PIL fails only when decoding);
+    ``garbage``: no image at all."""
+    data = path.read_bytes()
+    path.write_bytes(data[: data.index(b"IDAT") + 12] if how == "cut" else b"not a png" * 10)
+
+
+@pytest.mark.parametrize("how", ["cut", "garbage"])
+def test_image_folder_damaged_image_names_the_file(tmp_path, how):
+    from PIL import Image
+
+    write_class_tree(tmp_path / "images", {"a": 3, "b": 3})
+    # Noise compresses badly, so the cut lands inside the pixel data.
+    noise = np.random.default_rng(0).integers(0, 256, size=(6, 8), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "images" / "b" / "bad.png")
+    damage_png(tmp_path / "images" / "b" / "bad.png", how)
+    with pytest.raises(ValueError) as info:
+        load_dataset("image_folder", tmp_path / "images")
+    message = str(info.value)
+    assert f"{tmp_path / 'images' / 'b' / 'bad.png'} is not a readable image" in message
+    assert "re-save it or remove it from the folder" in message and "\n" not in message
+
+
+def test_image_folder_with_one_class_is_refused(tmp_path):
+    write_class_tree(tmp_path / "one", {"only": 6})
+    with pytest.raises(ValueError, match="every training example has the label 0; a classifier needs at least two classes"):
+        load_dataset("image_folder", tmp_path / "one", val_fraction=0.5)
+
+
 # ------------------------------------------------------------------------- the user's own data: npz
 
 
@@ -267,10 +398,10 @@ def test_npz_single_file_holds_out_a_test_split(tmp_path):
 def test_npz_test_arrays_layouts_and_scaling(tmp_path):
     x, y = labelled(8, shape=(6, 6, 3))  # channels last
     x_test, _ = labelled(4, shape=(6, 6, 3))
-    y_test = np.array([4, 0, 1, 2])  # a class only the test split has still counts
+    y_test = np.array([2, 0, 1, 2])
     np.savez(tmp_path / "nhwc.npz", x=x, y=y, x_test=x_test, y_test=y_test)
     bundle = load_dataset("npz", tmp_path / "nhwc.npz", val_fraction=0.25)
-    assert bundle.input_shape == (3, 6, 6) and len(bundle.test) == 4 and bundle.num_classes == 5
+    assert bundle.input_shape == (3, 6, 6) and len(bundle.test) == 4 and bundle.num_classes == 3
     assert torch.equal(bundle.test.images, torch.from_numpy(x_test).permute(0, 3, 1, 2).float() / 255.0)
 
     floats = np.random.default_rng(0).uniform(-1.0, 1.0, size=(8, 2, 5, 5)).astype(np.float64)  # channels first
@@ -291,7 +422,7 @@ def test_npz_test_arrays_layouts_and_scaling(tmp_path):
     np.savez(split / "train.npz", x=x, y=y)
     np.savez(split / "test.npz", x=x_test, y=y_test)
     bundle = load_dataset("npz", split, val_fraction=0.25)
-    assert len(bundle.train) + len(bundle.val) == 8 and len(bundle.test) == 4 and bundle.num_classes == 5
+    assert len(bundle.train) + len(bundle.val) == 8 and len(bundle.test) == 4 and bundle.num_classes == 3
 
 
 @pytest.mark.parametrize(
@@ -312,6 +443,12 @@ def test_npz_test_arrays_layouts_and_scaling(tmp_path):
         ({"x": np.zeros((4, 3, 3), np.uint8), "y": np.zeros(4, np.int64), "x_test": np.zeros((2, 3, 4)), "y_test": np.zeros(2, np.int64)}, "save both splits at one size"),  # fmt: skip
         ({"x": np.zeros((5, 3, 3), np.uint8), "y": np.array([0, 1, 2, 3, 0]), "classes": np.array(["a", "b"])}, "names 2 classes but has the label 3"),  # fmt: skip
         ({"x": np.zeros((4, 3, 3), np.uint8), "y": np.array([0, 1, 0, 1], dtype=object)}, "cannot be read as plain arrays"),
+        # Labels a classifier cannot be trained or fairly tested on.
+        ({"x": np.zeros((6, 3, 3), np.uint8), "y": np.zeros(6, np.int64)}, "every training example has the label 0"),
+        ({"x": np.zeros((6, 3, 3), np.uint8), "y": np.ones(6, np.int64), "classes": np.array(["a", "b"])}, "every training example has the label 1"),  # fmt: skip
+        ({"x": np.zeros((4, 3, 3), np.uint8), "y": np.array([0, 1, 0, 1]), "x_test": np.zeros((2, 3, 3), np.uint8), "y_test": np.array([1, 2])}, "the test split has the labels [2], which no training example has"),  # fmt: skip
+        ({"x": np.zeros((4, 3, 3), np.uint8), "y": np.array([0, 1, 0, 1]), "x_test": np.zeros((2, 3, 3), np.uint8), "y_test": np.array([0.0, 1.0])}, "array 'y_test' has dtype float64"),  # fmt: skip
+        ({"x": np.zeros((4, 3, 3), np.uint8), "y": np.array([0, 1, 0, 1]), "x_test": np.zeros((3, 3, 3), np.uint8), "y_test": np.array([0, 1])}, "2 labels for 3 images"),  # fmt: skip
     ],
 )
 def test_npz_errors_name_the_fix(tmp_path, arrays, fragment):
