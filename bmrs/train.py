@@ -2,8 +2,8 @@
 
 ``train_(model, data, config)`` trains weights and noise jointly for ``epochs`` epochs, asks the
 criterion every ``prune_every`` epochs which structures to remove (for good), then fine-tunes for
-``finetune_epochs`` epochs with pruning frozen. A model without noise layers trains as the
-paper's "None" baseline.
+``finetune_epochs`` epochs with pruning frozen (a schedule given in optimiser steps is first rounded
+to whole epochs of the data). A model without noise layers trains as the paper's "None" baseline.
 
 With ``checkpoint_path`` every epoch ends in a checkpoint holding everything the next epoch
 depends on (weights, noise, masks, Adam's moments, both random streams, the gradient statistics of
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -33,7 +32,7 @@ from bmrs.fold import absorb_expected_noise_
 from bmrs.metrics import classification_metrics
 from bmrs.fused import compile_enabled
 from bmrs.noise import LogNormalNoise, noise_modules, noise_modules_under, project_log_sigma_
-from bmrs.train_config import FinetuneNoise, KLWeighting, TrainConfig
+from bmrs.train_config import FinetuneNoise, KLWeighting, Schedule, ScheduleUnit, TrainConfig
 
 
 class TrainingDivergedError(RuntimeError):
@@ -62,6 +61,7 @@ class EpochRecord:
 class TrainResult:
     model: nn.Module
     history: list[EpochRecord]
+    schedule: Schedule  # the epochs it trained, and the steps they are, however the config counted them
 
     def as_dict(self) -> list[dict[str, Any]]:
         return [asdict(record) for record in self.history]
@@ -252,11 +252,19 @@ def train_(
     checkpoint_path: Path | None = None,
     resume_from: Path | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place per ``config``; returns it with its per-epoch history.
+    """Train ``model`` in place per ``config``; returns it with its per-epoch history and the schedule
+    it ran. A schedule in steps (``ScheduleUnit.STEPS``) is first rounded to whole epochs of this
+    data (``TrainConfig.in_epochs``); everything after, the checkpoint's fingerprint included, sees
+    only that epoch config, so a steps recipe trains and resumes exactly as the epochs one it
+    resolves to (and resumes the checkpoints that one wrote).
 
     ``resume_from``: a checkpoint written by an earlier call with the same model, data and config;
     training continues after its last epoch (a finished checkpoint is loaded and returned as is).
     """
+    plan = Schedule.of(config, len(data.train))
+    config = plan.config
+    if config.progress and plan.given_in is ScheduleUnit.STEPS:
+        tqdm.write(plan.describe())
     if resume_from is None:
         # A resume takes the random state from the checkpoint instead, and a refused one leaves it alone.
         torch.manual_seed(config.seed)
@@ -291,7 +299,7 @@ def train_(
         sums = {"loss": 0.0, "nll": 0.0, "kl": 0.0, "correct": 0, "seen": 0}
         bar = tqdm(
             data.train.batches(config.batch_size, generator=shuffle),
-            total=math.ceil(len(data.train) / config.batch_size),
+            total=plan.steps_per_epoch,
             desc=f"epoch {epoch + 1}/{total_epochs} {phase}",
             disable=not config.progress,
             mininterval=0.5,
@@ -368,9 +376,10 @@ def train_(
                 "history": [asdict(r) for r in history],
                 "fingerprint": fingerprint,
                 "environment": training_environment(),
+                "schedule": plan.as_dict(),
             }
             training = {"optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(), "shuffle": shuffle.get_state(), "grad_sq": grad_sq}
             save_checkpoint(checkpoint_path, model, meta, training=training)
     for noise in noises:
         noise.train(model.training)  # undo the expected-noise fine-tuning's eval mode: one mode for the whole model
-    return TrainResult(model, history)
+    return TrainResult(model, history, plan)

@@ -187,7 +187,8 @@ def test_user_model_and_noise_points_round_trip(factory_dir):
     assert config.model.name == "my_config_models:make" and config.model.noise_points == ("1",)
     assert config.model.options() == {} and config.data.resolved_root() == "data.npz"
     model = build_model(config.model.name, (1, 4, 4), 3, **config.model.options())
-    assert [p.source for p in noise_points_for(config.model.name, model, config.model.noise_points)] == ["1"]
+    points = noise_points_for(config.model.name, model, config.model.noise_points, input_shape=(1, 4, 4))
+    assert [p.source for p in points] == ["1"]
     # the resolved config, written back as a flow, loads to the same config
     tree = config.to_dict()
     tree.pop("name")
