@@ -1,8 +1,15 @@
 """The compression flow: Prefect tasks that call ``pipeline.steps`` and nothing else.
 
     train (method) ─┐
-    train (dense) ──┼─> compress (fold, slice, ONNX + parity) ─> latency (ORT) ─> [post-training] ─> report.json
-                    └─> dense reference (ONNX + parity) ──────────┘
+    train (dense) ──┼─> compress (fold, slice, ONNX + parity) ─> latency (ORT) ─> [post-training] ─┐
+                    └─> dense reference (ONNX + parity) ──────────┘                                  │
+                                                                         report.json <─ checks <─────┘
+
+Each ONNX file is compared with the PyTorch model whose accuracy is reported (the masked model, the
+dense baseline) on real test examples, and the reported metrics are measured on the file through ONNX
+Runtime; a mismatch fails the run, keeping the trained stages. ``checks`` applies the sanity bounds
+(``FlowConfig.checks``): a model near chance or far below the dense reference ends the run
+``degraded``, its report still written.
 
 The post-training stage (``post_training.enabled``) trains its own unpruned noisy model and writes
 one accuracy-vs-compression curve per criterion; it runs last so the method's results come first.
@@ -27,6 +34,7 @@ compress_task = stage(steps.compress_stage, name="compress")
 dense_task = stage(steps.dense_stage, name="dense-reference")
 latency_task = stage(steps.latency_stage, name="latency")
 post_training_task = stage(post_training_stage, name="post-training")
+checks_task = stage(steps.checks_stage, name="checks")
 report_task = stage(steps.report_stage, name="report")
 
 
@@ -43,4 +51,5 @@ def compress_flow(config: FlowConfig, run_dir: Path, resume: bool = False) -> Pa
     dense = dense_task(config, data, run_dir, dense_checkpoint)
     latency = latency_task(config, data, run_dir)
     curves = post_training_task(config, data, run_dir, resume=resume) if config.post_training.enabled else None
-    return report_task(config, run_dir, dense, pruned, latency, time.perf_counter() - started, curves)
+    checks = checks_task(config, data, run_dir, dense, pruned)
+    return report_task(config, run_dir, dense, pruned, latency, time.perf_counter() - started, curves, checks)

@@ -4,12 +4,14 @@ Layout, ``runs/<flow>/<group-id>/``::
 
     group.json          the flow's resolved config and the seeds
     seed<k>/            an ordinary run directory (``bmrs resume`` works on it) with train.seed = k
-    summary.json        per metric: mean, std, n and the per-seed values; completed and failed seeds
+    summary.json        per metric: mean, std, n and the per-seed values; completed, degraded and failed seeds
     summary.md          the same as a table
 
 Only ``train.seed`` varies: the data split (``data.seed``) stays fixed, so the spread measured is
 that of initialisation, noise draws and minibatch order. The summary is rebuilt from the seed
 directories' ``report.json`` and ``status.json`` files, so it stays right after any seed is resumed.
+A degraded seed (its report's ``checks`` failed: a collapsed model) has a report but has not
+succeeded: it is listed apart with its warning and its figures stay out of the means.
 """
 from __future__ import annotations
 
@@ -123,15 +125,22 @@ def _report_metrics(report: dict[str, Any]) -> dict[str, float]:
 
 
 def summarize(group_dir: Path) -> dict[str, Any]:
-    """Mean +- std over the seeds with a report; every other seed is listed with its state and error."""
+    """Mean +- std over the seeds that completed; degraded seeds are listed with their warning and
+    pruned accuracy, every other seed with its state and error."""
     tree, seeds = read_group(group_dir)
-    completed, failed, per_seed = [], [], {}
+    completed, degraded, failed, per_seed = [], [], [], {}
     for seed in seeds:
         run_dir = seed_dir(group_dir, seed)
         report_path = run_dir / "report.json"
         if report_path.is_file():
-            completed.append(seed)
-            per_seed[seed] = _report_metrics(json.loads(report_path.read_text()))
+            figures = _report_metrics(json.loads(report_path.read_text()))
+            warning = steps.degraded_warning(run_dir)
+            if warning is None:
+                completed.append(seed)
+                per_seed[seed] = figures
+            else:
+                accuracy = figures.get("pruned.accuracy")
+                degraded.append({"seed": seed, "run_dir": str(run_dir), "pruned_accuracy": accuracy, "warning": warning})
             continue
         status = _read_status(run_dir)
         failed.append({"seed": seed, "run_dir": str(run_dir), "state": status.get("state", "not started"), "error": status.get("error")})
@@ -146,6 +155,7 @@ def summarize(group_dir: Path) -> dict[str, Any]:
         "seeds": seeds,
         "varied": "train.seed",
         "completed": completed,
+        "degraded": degraded,
         "failed": failed,
         "metrics": metrics,
     }
@@ -174,7 +184,8 @@ def _mean_std_text(mean: float, std: float) -> str:
 
 def summary_markdown(summary: dict[str, Any]) -> str:
     lines = [
-        f"# {summary['flow']}: {len(summary['completed'])} of {len(summary['seeds'])} seeds completed",
+        f"# {summary['flow']}: {len(summary['completed'])} of {len(summary['seeds'])} seeds completed"
+        + (f", {len(summary['degraded'])} degraded" if summary.get("degraded") else ""),
         "",
         f"Seeds (train.seed): {summary['seeds']}; mean ± sample std over the completed ones.",
         "",
@@ -183,6 +194,11 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     ]
     for name, row in summary["metrics"].items():
         lines.append(f"| {name} | {_mean_std_text(row['mean'], row['std'])} | {row['n']} |")
+    if summary.get("degraded"):
+        lines += ["", "## Degraded seeds (a model failed a sanity bound; not in the means)", ""]
+        for row in summary["degraded"]:
+            accuracy = "n/a" if row["pruned_accuracy"] is None else f"{row['pruned_accuracy']:.4f}"
+            lines.append(f"- seed {row['seed']} ({row['run_dir']}, pruned accuracy {accuracy}): {row['warning']}")
     if summary["failed"]:
         lines += ["", "## Seeds without a report", ""]
         for row in summary["failed"]:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -7,10 +8,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 
+from bmrs.data import Split
+from bmrs.metrics import classification_metrics
 from export.onnx_export import OnnxConfig, OnnxParityError, OnnxResult, export_onnx
 from export.slicing import slice_model
+from export.verify import EndToEndParityError, check_data_parity, onnx_metrics
 from export_cases import make_noisy
 
 PARITY_TOLERANCE = 1e-4
@@ -134,3 +138,59 @@ def test_config_rejects_bad_values(options: dict, error: type[Exception], match:
 def test_config_stores_batch_sizes_as_a_tuple() -> None:
     assert OnnxConfig(check_batch_sizes=[2, 3]).check_batch_sizes == (2, 3)  # type: ignore[arg-type]
     assert OnnxConfig(opset=13, dynamo=False).opset == 13
+
+
+def test_outputs_that_blew_up_are_reported_as_divergence_not_as_a_faulty_export(tmp_path: Path) -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 3))
+    with torch.no_grad():
+        for layer in (model[1], model[3]):
+            layer.weight.mul_(1e6)  # as a learning rate of 1e6 leaves them
+    with pytest.raises(OnnxParityError, match="training diverged"):
+        export_onnx(model, torch.randn(4, 64), tmp_path / "m.onnx", OnnxConfig(relative_tolerance=0.0, check_batch_sizes=(64,)))
+
+
+@pytest.fixture(scope="module")
+def masked_and_exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, nn.Module, Path, Tensor]:
+    """A masked noisy LeNet5, its sliced copy, and the copy exported."""
+    case = make_noisy("lenet5")
+    sliced = slice_model(case.model, case.x[:2]).model
+    path = tmp_path_factory.mktemp("verify") / "model.onnx"
+    export_onnx(sliced, case.x[:2], path, OnnxConfig(check_batch_sizes=(3,)))
+    x = torch.rand(300, 1, 28, 28, generator=torch.Generator().manual_seed(1))  # images in [0, 1], as data
+    return case.model, sliced, path, x
+
+
+def test_data_parity_holds_against_the_masked_model_the_file_stands_for(masked_and_exported) -> None:
+    masked, _, path, x = masked_and_exported
+    config = OnnxConfig()
+    parity = check_data_parity(masked, path, x, config, describe="model.onnx against the masked model")
+    assert parity.examples == 300  # in two batches: the bound is judged over all of them
+    assert parity.bound == config.tolerance + config.relative_tolerance * parity.largest_output
+    assert 0.0 <= parity.max_abs_diff <= parity.bound and parity.largest_output > 0
+    assert parity.summary() == {"max_abs_diff": parity.max_abs_diff, "bound": parity.bound,
+                                "largest_output": parity.largest_output, "examples": 300}  # fmt: skip
+    assert not masked.training
+
+
+def test_data_parity_refuses_a_file_that_computes_something_else(masked_and_exported) -> None:
+    # The exporter's own check compares the file with the module it was given; a reference that
+    # differs (here the masked model with one class's logit moved) is only caught end to end.
+    masked, _, path, x = masked_and_exported
+    shifted = copy.deepcopy(masked)
+    with torch.no_grad():
+        [module for module in shifted.modules() if isinstance(module, nn.Linear)][-1].bias[3] += 0.01
+    with pytest.raises(EndToEndParityError, match="model.onnx against the masked model: the logits differ by 0.01") as caught:
+        check_data_parity(shifted, path, x, OnnxConfig(), describe="model.onnx against the masked model")
+    assert not caught.value.diverged and "parity bound" in str(caught.value)
+    assert isinstance(caught.value, ValueError)  # the CLI's one-line failure, exit 2
+
+
+def test_onnx_metrics_measure_the_file_on_a_whole_split(masked_and_exported) -> None:
+    _, sliced, path, x = masked_and_exported
+    with torch.no_grad():
+        labels = sliced(x).argmax(1)
+    labels[::3] = (labels[::3] + 1) % 10  # a third wrong: an accuracy of exactly 2/3
+    split = Split(x, labels)
+    measured, expected = onnx_metrics(path, split), classification_metrics(sliced, split)
+    assert measured.accuracy == pytest.approx(2 / 3) == expected.accuracy
+    assert measured.nll == pytest.approx(expected.nll, rel=1e-5) and measured.ece == pytest.approx(expected.ece, abs=1e-5)
