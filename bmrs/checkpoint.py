@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,7 +52,11 @@ def read_checkpoint(path: Path) -> Checkpoint:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist; re-run the stage that writes it")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # On a pickle torch did not write it warns, asking for an issue to be filed; the
+            # error below says what is wrong with the file instead.
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\._weights_only_unpickler")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
         state, meta, training = payload["state_dict"], json.loads(payload["meta"]), payload.get("training")
         if not isinstance(state, dict) or not isinstance(meta, dict) or not (training is None or isinstance(training, dict)):
             raise TypeError("state_dict, meta or training has the wrong type")
@@ -105,12 +111,21 @@ def _short(value: Any, limit: int = 120) -> str:
 
 
 def _reason(error: Exception) -> str:
-    """One line from a load error. torch's weights_only refusal is a dozen lines of advice (including
-    to load with ``weights_only=False``, which is exactly what must not happen here) around its cause."""
+    """What is wrong with the file, in one line, without torch's advice: its weights_only refusal
+    wraps the cause in a dozen lines telling the reader to load with ``weights_only=False`` or to
+    allowlist the offending class, exactly what must not happen to a file that is not ours."""
     message = str(error)
     _, marker, cause = message.partition("WeightsUnpickler error:")
+    unsupported = re.search(r"Unsupported global: GLOBAL ([\w.]+)", cause)
+    if unsupported:
+        return f"it holds a {unsupported.group(1)} object, which a bmrs checkpoint never contains"
     lines = [line.strip() for line in (cause if marker else message).splitlines() if line.strip()]
-    return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
+    if not lines:
+        return type(error).__name__
+    # The first sentence is the cause; what follows is advice ("Please use ...", "If you trust ...").
+    first = re.split(r"(?<=[.!])\s+(?=[A-Z])", lines[0])[0]
+    advice = re.compile(r"weights_only|safe_globals|allowlist|trust|please", re.IGNORECASE)
+    return f"{type(error).__name__}: {first[:200]}" if not advice.search(first) else type(error).__name__
 
 
 def _check_plain(value: Any, where: str) -> None:

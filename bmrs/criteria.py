@@ -7,10 +7,14 @@ pruned are never revived: ``Decision.prune`` only ever adds to the mask.
 
 Register a new criterion with ``@register_criterion("name")`` on a frozen dataclass whose fields are
 its settings; the test-suite iterates the registry, so registering is enough to get it exercised.
+Each checks its settings' types and ranges when it is built, so that ``build_criterion`` at load
+time refuses a bad setting before any training; one whose settings must also fit the noise prior's
+truncation defines ``check_prior(log_a, log_b)`` (see ``check_criterion``).
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Protocol
 
@@ -64,12 +68,31 @@ def criterion_settings(name: str) -> dict[str, Any]:
 
 
 def build_criterion(name: str, **settings: Any) -> Criterion:
+    """The criterion ``name`` with ``settings``; ``ValueError``/``TypeError`` naming the criterion,
+    the setting and what it may be when one is unknown or out of range."""
     cls = _lookup(name)
     allowed = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(settings) - allowed)
+    unknown = sorted(set(settings) - allowed, key=str)
     if unknown:
         raise ValueError(f"criterion {name!r} has no setting {unknown[0]!r}; its settings are {sorted(allowed)}")
-    return cls(**settings)
+    try:
+        return cls(**settings)
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"criterion {name!r}: {error}") from None
+
+
+def check_criterion(name: str, settings: dict[str, Any], *, log_a: float, log_b: float) -> Criterion:
+    """``build_criterion``, and the settings checked against the noise prior's truncation
+    ``[e^log_a, e^log_b]`` for a criterion whose settings depend on it: what loading a
+    configuration runs, so that nothing fails at the first pruning instead."""
+    criterion = build_criterion(name, **settings)
+    check_prior = getattr(criterion, "check_prior", None)
+    if check_prior is not None:
+        try:
+            check_prior(log_a, log_b)
+        except ValueError as error:
+            raise ValueError(f"criterion {name!r}: {error}") from None
+    return criterion
 
 
 def _lookup(name: str) -> type:
@@ -101,6 +124,26 @@ def _lowest_fraction(noise: LogNormalNoise, scores: Tensor, ratio: float) -> Dec
     return Decision(scores=torch.where(already, -torch.inf, scores), prune=prune)
 
 
+def _number(owner: object, name: str, allowed: str, fits: Callable[[float], bool] = math.isfinite) -> float:
+    """Setting ``name`` of ``owner`` as a float, stored back; ``TypeError`` unless it is a number,
+    ``ValueError`` unless ``fits`` it (``allowed`` says what fits, in the message). A string that
+    spells a number is one: YAML 1.1 reads ``1e-6`` (no dot) as a string."""
+    value = getattr(owner, name)
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            pass
+    if isinstance(number, bool) or not isinstance(number, (int, float)):
+        raise TypeError(f"{name} must be {allowed}, got {value!r}")
+    number = float(number)
+    if not (math.isfinite(number) and fits(number)):
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    object.__setattr__(owner, name, number)
+    return number
+
+
 def _check_ratio(ratio: float) -> None:
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"ratio is the fraction of each layer's structures to remove, in [0, 1); got {ratio}")
@@ -118,6 +161,12 @@ class BMRSLogNormal:
     sigma_p: float = 1e-6
     margin: float = 0.0
     needs_gradients: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        if self.mu_p is not None:
+            _number(self, "mu_p", "a finite number (log theta at the reduced prior's mean), or null for the layer's log a")
+        _number(self, "sigma_p", "a finite number > 0 (the reduced prior's standard deviation of log theta)", lambda v: v > 0)
+        _number(self, "margin", "a finite number (0 for the exact rule dF >= 0)")
 
     def decide(self, layer: LayerView) -> Decision:
         mu, sigma = _posterior(layer.noise)
@@ -137,6 +186,24 @@ class BMRSLogUniform:
     p2: float = 23.0
     needs_gradients: ClassVar[bool] = False
 
+    def __post_init__(self) -> None:
+        p2 = _number(self, "p2", "a finite number > p1 (the reduced support's lower end is 2^-p2)")
+        _number(self, "p1", f"a number with 0 <= p1 < p2 (p2 = {p2:g}; the reduced support's upper end is 2^-p1)",
+                lambda v: 0 <= v < p2)  # fmt: skip
+
+    def check_prior(self, log_a: float, log_b: float) -> None:
+        """The reduced support ``[2^-p2, 2^-p1]`` must lie inside the prior's ``[e^log_a, e^log_b]``."""
+        if self.p2 * math.log(2.0) > -log_a:
+            raise ValueError(
+                f"p2 = {self.p2:g} puts the reduced support's lower end 2^-{self.p2:g} below the noise prior's "
+                f"e^{log_a:g} (noise.log_a); choose p2 <= {-log_a / math.log(2.0):.4g}, or lower noise.log_a"
+            )
+        if self.p1 * math.log(2.0) < -log_b:
+            raise ValueError(
+                f"p1 = {self.p1:g} puts the reduced support's upper end 2^-{self.p1:g} above the noise prior's "
+                f"e^{log_b:g} (noise.log_b); choose p1 >= {-log_b / math.log(2.0):.4g}, or raise noise.log_b"
+            )
+
     def decide(self, layer: LayerView) -> Decision:
         mu, sigma = _posterior(layer.noise)
         delta_f = delta_f_loguniform(
@@ -153,6 +220,9 @@ class SignalToNoise:
     threshold: float = 1.0
     needs_gradients: ClassVar[bool] = False
 
+    def __post_init__(self) -> None:
+        _number(self, "threshold", "a finite number >= 0 (structures with a lower SNR are pruned)", lambda v: v >= 0)
+
     def decide(self, layer: LayerView) -> Decision:
         snr = layer.noise.snr().detach().double()
         return _with_history(layer.noise, snr, snr < self.threshold)
@@ -165,6 +235,9 @@ class ExpectedNoise:
 
     threshold: float = 0.1
     needs_gradients: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        _number(self, "threshold", "a number in [0, 1] (structures with a lower E[theta] are pruned)", lambda v: 0 <= v <= 1)
 
     def decide(self, layer: LayerView) -> Decision:
         mean = layer.noise.mean().detach().double()
@@ -187,13 +260,15 @@ class _FractionPerLayer:
     layer_ratios: dict[str, float] | None = field(default=None)
 
     def __post_init__(self) -> None:
-        _check_ratio(self.ratio)
+        _number(self, "ratio", "a number in [0, 1) (the fraction of each layer's structures to remove)", lambda v: 0 <= v < 1)
         if self.layer_ratios is None:
             return
         if not isinstance(self.layer_ratios, dict):
             raise TypeError(
                 f"layer_ratios maps noise-layer names to fractions, e.g. {{'0': 0.5}}; got {type(self.layer_ratios).__name__}"
             )
+        # YAML reads nn.Sequential's child names (`0: 0.5`) as integers; they name the same layers.
+        object.__setattr__(self, "layer_ratios", {str(name): value for name, value in self.layer_ratios.items()})
         for name, value in self.layer_ratios.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"layer_ratios[{name!r}] must be a number in [0, 1), got {value!r}")

@@ -184,9 +184,10 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as archive:
             return {key: archive[key] for key in archive.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
-        raise ValueError(
-            f"npz: {path} cannot be read as plain arrays ({error}); write numeric arrays only, {_SAVE_HINT}"
-        ) from error
+        # numpy's own message for object arrays advises allow_pickle=True, which would let a data file
+        # run code: say what the file holds instead.
+        what = "holds Python objects, not plain arrays" if "allow_pickle" in str(error) else f"is not a readable npz file ({error})"
+        raise ValueError(f"npz: {path} {what}; write numeric arrays only, {_SAVE_HINT}") from error
 
 
 def _require(arrays: dict[str, np.ndarray], keys: tuple[str, ...], path: Path) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -185,11 +186,15 @@ class _Progress:
     grad_sq: dict[str, Tensor]
 
 
-def _resume(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, shuffle: torch.Generator, fingerprint: dict[str, Any], total_epochs: int
-) -> _Progress:
-    """Restore model, optimizer and random streams from ``path``; everything is checked before anything changes."""
-    checkpoint = read_checkpoint(path)
+def check_resume_from(path: Path, model: nn.Module, data: DataBundle, config: TrainConfig) -> None:
+    """Raise the ``CheckpointError`` ``train_(..., resume_from=path)`` would raise before changing
+    anything (weights only, no or other settings, another model), without training: so that a caller
+    can refuse a resume before it touches the run directory."""
+    fingerprint = training_fingerprint(model, data, config.for_examples(len(data.train)))
+    _check_resume_fits(path, read_checkpoint(path), model, fingerprint)
+
+
+def _check_resume_fits(path: Path, checkpoint, model: nn.Module, fingerprint: dict[str, Any]) -> None:
     if checkpoint.training is None:
         raise CheckpointError(
             f"checkpoint {str(path)!r} holds weights only, not the training state a resume needs; "
@@ -207,6 +212,14 @@ def _resume(
             "resume with the settings it was written with, or start a new run"
         )
     check_fits(path, model, checkpoint)
+
+
+def _resume(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, shuffle: torch.Generator, fingerprint: dict[str, Any], total_epochs: int
+) -> _Progress:
+    """Restore model, optimizer and random streams from ``path``; everything is checked before anything changes."""
+    checkpoint = read_checkpoint(path)
+    _check_resume_fits(path, checkpoint, model, fingerprint)
     changed = first_difference(checkpoint.meta.get("environment"), training_environment())
     if changed:
         warnings.warn(
@@ -346,6 +359,13 @@ def train_(
                     noises_by_name[name].prune_(prune)
                     grad_sq.pop(name, None)  # the gradient criterion's statistics restart with each pruning
         val_accuracy, val_nll = evaluate(model, data.val, config.eval_batch_size)
+        if not math.isfinite(val_nll):
+            # A finite training loss with an infinite validation NLL: weights so large that some
+            # class gets probability 0. Nothing trained further from here is worth keeping.
+            raise TrainingDivergedError(
+                f"the validation NLL became {val_nll} after epoch {epoch + 1}: the weights blew up; lower train.lr "
+                f"(now {config.lr}); epochs finished before this one are in the last checkpoint"
+            )
         record = EpochRecord(
             epoch=epoch + 1,
             phase=phase,

@@ -58,6 +58,11 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     return math.ceil(num_examples / batch_size)
 
 
+# Adam's step is about lr in every coordinate whatever the gradient's scale: above 1 it throws
+# weights of order 0.1 around by more than their size every step.
+MAX_LR = 1.0
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 50
@@ -150,6 +155,11 @@ class TrainConfig:
             raise ValueError(f"train.finetune_epochs must be >= 0, got {self.finetune_epochs}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"train.lr must be a positive number, got {self.lr}")
+        if self.lr > MAX_LR:
+            raise ValueError(
+                f"train.lr {self.lr:g} is above {MAX_LR:g}: Adam moves every weight by about lr per step, so training "
+                "would diverge; use a value such as 1e-3"
+            )
         if not (self.kl_scale >= 0 and math.isfinite(self.kl_scale)):
             raise ValueError(f"train.kl_scale must be >= 0, got {self.kl_scale}")
         if not isinstance(self.kl_weighting, KLWeighting):

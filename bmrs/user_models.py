@@ -8,7 +8,9 @@ while the factory runs, so imports it makes lazily resolve the same way.
 The factory is called with ``input_shape=(C, H, W)`` and ``num_classes=K`` for those of the two
 keywords it accepts (both, one, or neither), and must return an ``nn.Module`` mapping a batch of
 the dataset's images to ``(batch, K)`` logits; that is checked once on a zero batch so a mismatch
-surfaces here, by name, rather than as an index error deep in training.
+surfaces here, by name, rather than as an index error deep in training. Whatever goes wrong in
+calling the factory (a builtin such as ``math:sqrt`` named by mistake, the user's code raising) is
+reported as one ``ValueError`` or ``TypeError`` naming the spec and the fix.
 """
 from __future__ import annotations
 
@@ -66,7 +68,7 @@ def _import(spec: str, module_name: str) -> object:
         raise ValueError(f"model {spec!r}: importing {module_name!r} failed: {error}; install what it needs") from error
     except Exception as error:  # the user's module ran and failed: report it as bad input, not a crash
         raise ValueError(
-            f"model {spec!r}: importing {module_name!r} raised {type(error).__name__}: {error}; fix the module"
+            f"model {spec!r}: importing {module_name!r} raised {type(error).__name__}: {_first_line(error)}; fix the module"
         ) from error
 
 
@@ -105,7 +107,8 @@ def _factory_arguments(spec: str, factory: Callable[..., object], values: dict[s
     if required:
         raise TypeError(
             f"model {spec!r}: the factory requires {required}, but only {list(FACTORY_KEYWORDS)} are passed "
-            "(as keywords); give the other parameters defaults"
+            "(as keywords); give the other parameters defaults, or name a factory that builds your "
+            "torch.nn.Module from input_shape and num_classes"
         )
     return arguments
 
@@ -114,13 +117,25 @@ def build_user_model(spec: str, input_shape: tuple[int, ...], num_classes: int) 
     factory = resolve_factory(spec)
     arguments = _factory_arguments(spec, factory, {"input_shape": tuple(input_shape), "num_classes": num_classes})
     with _current_directory_on_path():
-        model = factory(**arguments)
+        try:
+            model = factory(**arguments)
+        except Exception as error:  # the user's code (or a callable named by mistake) failed: bad input, not a crash
+            raise ValueError(
+                f"model {spec!r}: calling the factory with {sorted(arguments) or 'no arguments'} raised "
+                f"{type(error).__name__}: {_first_line(error)}; fix the factory, or name one that builds a "
+                "torch.nn.Module from input_shape and num_classes"
+            ) from error
     if not isinstance(model, nn.Module):
         raise TypeError(
             f"model {spec!r}: the factory returned a {type(model).__name__}, not a torch.nn.Module; return the model"
         )
     _check_output(spec, model, tuple(input_shape), num_classes)
     return model
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else "(no message)"
 
 
 def _check_output(spec: str, model: nn.Module, input_shape: tuple[int, ...], num_classes: int) -> None:
@@ -132,7 +147,7 @@ def _check_output(spec: str, model: nn.Module, input_shape: tuple[int, ...], num
     except Exception as error:  # any failure of the user's forward is a model/data mismatch to report
         raise ValueError(
             f"model {spec!r} fails on a batch of the dataset's images shaped (2, {', '.join(map(str, input_shape))}): "
-            f"{type(error).__name__}: {error}; make it accept input_shape={input_shape}"
+            f"{type(error).__name__}: {_first_line(error)}; make it accept input_shape={input_shape}"
         ) from error
     finally:
         model.train(was_training)

@@ -28,6 +28,22 @@ OUTPUT_NAME = "logits"
 # lower request on a best-effort basis and may silently keep 18.
 MIN_DYNAMO_OPSET = 18
 MIN_TORCHSCRIPT_OPSET = 9
+# Logits beyond this on standard-normal inputs are not a classifier's (LeNet5 fine-tuned: ~460).
+DIVERGED_OUTPUT = 1e6
+
+
+def max_opset(dynamo: bool) -> int:
+    """The newest opset the installed exporter writes. Beyond the installed onnx's newest, the
+    dynamo exporter's conversion fails and it silently keeps opset 18; the TorchScript exporter
+    stops at a limit of its own."""
+    newest = onnx.defs.onnx_opset_version()
+    if dynamo:
+        return newest
+    try:
+        from torch.onnx._constants import ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
+    except ImportError:  # a torch without the constant: its exporter refuses a newer opset itself
+        return newest
+    return min(newest, ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET)
 
 
 class OnnxParityError(ValueError):
@@ -64,6 +80,12 @@ class OnnxConfig:
         if self.opset < minimum:
             hint = f"use opset >= {minimum}" + (", or dynamo=False for an older opset" if self.dynamo else "")
             raise ValueError(f"opset {self.opset} is too old for this exporter; {hint}")
+        maximum = max_opset(self.dynamo)
+        if self.opset > maximum:
+            raise ValueError(
+                f"opset {self.opset} is newer than the installed exporter writes (onnx {onnx.__version__}, torch "
+                f"{torch.__version__}, {'dynamo' if self.dynamo else 'TorchScript'} exporter); choose {minimum} to {maximum}"
+            )
         for name in ("tolerance", "relative_tolerance"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -230,11 +252,17 @@ def _parity(
         scale = float(np.max(np.abs(expected.astype(np.float64)), initial=0.0))
         bound = config.tolerance + config.relative_tolerance * scale
         if not (math.isfinite(diff) and math.isfinite(scale)) or diff > bound:
+            # float32 cannot carry such outputs to a few epsilons through cancelling sums; they come
+            # from weights a far too large learning rate blew up, not from a faulty export.
+            hint = (
+                "outputs this large mean the model's weights blew up (training diverged: lower the learning rate)"
+                if not math.isfinite(scale) or scale > DIVERGED_OUTPUT
+                else "check for unsupported ops or raise the tolerances"
+            )
             raise OnnxParityError(
                 f"onnxruntime differs from PyTorch by {diff:.3g} (max abs, batch of {batch}, largest output "
                 f"{scale:.3g}), more than the bound {bound:.3g} (tolerance {config.tolerance:.3g} + "
-                f"relative_tolerance {config.relative_tolerance:.3g} x largest output); check for unsupported "
-                "ops or raise the tolerances"
+                f"relative_tolerance {config.relative_tolerance:.3g} x largest output); {hint}"
             )
         worst, largest = max(worst, diff), max(largest, scale)
     return worst, largest

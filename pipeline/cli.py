@@ -4,11 +4,19 @@
     bmrs run ... --seeds 0 1 2                                 one run per train.seed in runs/<flow>/<group-id>/seed<k>/,
                                                                summarised as mean +- std in summary.json / summary.md
     bmrs resume RUN_DIR                                        finish an interrupted run (or seed group) in place
+
+Exit codes: 0 completed; 2 bad input, or a run that failed cleanly (one `bmrs: error:` line, status.json
+failed; an exported ONNX model that does not match the model it stands for is such a failure);
+3 degraded: the run finished and wrote its ONNX models and report.json, but a model failed a sanity
+bound (near chance, or too far below the dense reference: report.json's `checks`, the settings in
+the flow's `checks` section), with one `bmrs: warning:` line naming the cause and the fix;
+1 a multi-seed run in which some seed has no report (when seeds are degraded but none failed: 3).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +26,7 @@ if TYPE_CHECKING:
 
 EXIT_BAD_INPUT = 2
 EXIT_SEED_FAILED = 1  # a multi-seed run in which some seed has no report (summary.md says why)
+EXIT_DEGRADED = 3  # finished with a report, but a model failed a sanity bound (report.json's checks)
 
 
 def _prefect_environment() -> None:
@@ -75,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             seeds.check_seeds(args.seeds)
         # A missing dataset or a layer path naming nothing fails before a run directory exists.
         steps.check_model(config, steps.load_data(config))
-    except (DatasetNotFoundError, ValueError) as error:
+    except (DatasetNotFoundError, ValueError, TypeError) as error:  # TypeError: a user model's factory
         return _fail(str(error))
 
     if args.seeds is not None:
@@ -93,7 +102,7 @@ def _resume(run_dir_arg: str, *, no_progress: bool) -> int:
     from bmrs.checkpoint import CheckpointError
     from bmrs.data import DatasetNotFoundError
     from pipeline import seeds, steps
-    from pipeline.resume import RunDirError, check_checkpoints, read_run_config
+    from pipeline.resume import RunDirError, check_checkpoints, check_resumable, read_run_config
 
     run_dir = Path(run_dir_arg)
     if seeds.is_group_dir(run_dir):
@@ -101,11 +110,15 @@ def _resume(run_dir_arg: str, *, no_progress: bool) -> int:
     # Everything is checked before status.json is touched: a refused resume changes nothing.
     try:
         if run_dir.is_dir() and (run_dir / "report.json").is_file():
+            warning = steps.degraded_warning(run_dir)
+            if warning is not None:
+                print(f"bmrs: {run_dir} already finished, degraded; its report is {run_dir / 'report.json'} (nothing to resume)")
+                return _warn_degraded(warning)
             print(f"bmrs: {run_dir} already completed; its report is {run_dir / 'report.json'} (nothing to resume)")
             return 0
         config = read_run_config(run_dir)
         check_checkpoints(run_dir)
-        steps.load_data(config)
+        check_resumable(config, run_dir, steps.load_data(config))  # settings the checkpoints were written under
     except (RunDirError, CheckpointError, DatasetNotFoundError, ValueError) as error:
         return _fail(str(error))
     if no_progress:
@@ -129,14 +142,17 @@ def _resume_group(group_dir: Path, *, no_progress: bool) -> int:
     from bmrs.data import DatasetNotFoundError
     from pipeline import seeds, steps
     from pipeline.config import ConfigError
-    from pipeline.resume import check_checkpoints, flow_config_from_dict
+    from pipeline.resume import check_checkpoints, check_resumable, flow_config_from_dict
 
     try:
         tree, seed_list = seeds.read_group(group_dir)
         config = flow_config_from_dict(tree)
         for seed in seed_list:
             check_checkpoints(seeds.seed_dir(group_dir, seed))
-        steps.load_data(config)
+        data = steps.load_data(config)
+        for seed in seed_list:
+            if not (seeds.seed_dir(group_dir, seed) / "report.json").is_file():
+                check_resumable(seeds.seed_config(config, seed), seeds.seed_dir(group_dir, seed), data)
     except (ConfigError, CheckpointError, DatasetNotFoundError, ValueError) as error:
         return _fail(str(error))
     if no_progress:
@@ -159,20 +175,33 @@ def _run_group(config: FlowConfig, seed_list: list[int], group_dir: Path) -> int
         failed = ", ".join(str(row["seed"]) for row in summary["failed"])
         print(f"bmrs: seeds without a report: {failed}; `bmrs resume {group_dir}` retries them", file=sys.stderr)
         return EXIT_SEED_FAILED
+    if summary["degraded"]:
+        for row in summary["degraded"]:
+            print(f"bmrs: warning: seed {row['seed']}: {row['warning']}", file=sys.stderr)
+        return EXIT_DEGRADED
     return 0
+
+
+def _warn_degraded(warning: str) -> int:
+    print(f"bmrs: warning: {warning}", file=sys.stderr)
+    return EXIT_DEGRADED
 
 
 def _execute(config: FlowConfig, run_dir: Path, *, resume: bool) -> int:
     """Run the flow into ``run_dir``; status.json ends as completed, or failed with the reason.
     Refused, with nothing written, while another process works in ``run_dir``."""
+    from pipeline.lifetime import Terminated, sigterm_raises
     from pipeline.resume import RunDirError, exclusive_run
 
     _prefect_environment()
     try:
-        with exclusive_run(run_dir):
+        with exclusive_run(run_dir), sigterm_raises():
             return _execute_locked(config, run_dir, resume=resume)
     except RunDirError as error:  # raised before the run directory is touched
         return _fail(str(error))
+    except Terminated as error:  # status.json says failed; the Prefect server is stopped at exit
+        print(f"bmrs: error: {error}; `bmrs resume {run_dir}` continues from the last finished epoch", file=sys.stderr)
+        raise SystemExit(128 + signal.SIGTERM) from None  # also ends a seed group: the job is over
 
 
 def _execute_locked(config: FlowConfig, run_dir: Path, *, resume: bool) -> int:
@@ -181,10 +210,12 @@ def _execute_locked(config: FlowConfig, run_dir: Path, *, resume: bool) -> int:
     from bmrs.train import TrainingDivergedError
     from pipeline import steps
     from pipeline.flow import compress_flow
+    from pipeline.lifetime import start_bound_server
 
     if resume:
         steps.set_status(run_dir, "running")
     try:
+        start_bound_server()  # before Prefect starts one that would outlive a killed bmrs
         report = compress_flow(config, run_dir, resume=resume)
     except (CheckpointError, DatasetNotFoundError, TrainingDivergedError, ValueError) as error:
         steps.set_status(run_dir, "failed", str(error))
@@ -197,7 +228,8 @@ def _execute_locked(config: FlowConfig, run_dir: Path, *, resume: bool) -> int:
         raise
     print(f"bmrs: wrote {report}")
     print(f"bmrs: ONNX model {run_dir / 'model.onnx'}")
-    return 0
+    warning = steps.degraded_warning(run_dir)
+    return 0 if warning is None else _warn_degraded(warning)
 
 
 if __name__ == "__main__":

@@ -3,34 +3,37 @@
 Sections reuse the libraries' own config types where they exist (``TrainConfig``, ``OnnxConfig``,
 ``LatencyConfig``), so a setting is declared once. Every field, at any depth, is reachable from the
 command line as ``--set section.field=value`` (values are YAML: ``--set train.epochs=3``,
-``--set latency.batch_sizes=[1,64]``). Every bad input raises ``ConfigError`` naming the key and the fix.
+``--set latency.batch_sizes=[1,64]``). Every bad input raises ``ConfigError`` naming the key and the fix,
+before anything is written: criterion settings are checked by building the criterion, the output
+folder by looking at the file system, and a flow's name (a folder under ``runs_dir``) must be one
+plain path component.
 """
 from __future__ import annotations
 
 import dataclasses
 import enum
+import os
 import types
 import typing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
 from benchmarks.latency import LatencyConfig
-from bmrs.criteria import CRITERIA, criterion_settings
+from bmrs.criteria import CRITERIA, check_criterion, criterion_settings
 from bmrs.data import DATASETS, DEFAULT_ROOTS, resolve_root, root_hint
 from bmrs.models import MODELS, NoiseInit, lenet5_widths, mlp_settings
 from bmrs.post_training import PostTrainingConfig
 from bmrs.train import TrainConfig
 from bmrs.user_models import is_user_model, resolve_factory
 from export.onnx_export import OnnxConfig
+from pipeline.checks import ChecksConfig
+from pipeline.flows_file import ConfigError, check_flow_name, copy_tree, parse_overrides, read_flows, set_dotted
+
+# ConfigError, parse_overrides and read_flows live in pipeline.flows_file; they are this module's API too.
+__all__ = ["ConfigError", "FlowConfig", "load_flow", "parse_overrides", "read_flows"]
 
 NO_PRUNING = "none"
-
-
-class ConfigError(ValueError):
-    """flows.yaml or a --set override is malformed or names something that does not exist."""
 
 
 @dataclass(frozen=True)
@@ -165,7 +168,8 @@ class OutputConfig:
 
 @dataclass(frozen=True)
 class FlowConfig:
-    name: str
+    # Not a setting: the flow's key in flows.yaml, chosen with --flow.
+    name: str = field(metadata={"setting": False})
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
@@ -175,6 +179,10 @@ class FlowConfig:
     latency: LatencyConfig = field(default_factory=LatencyConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     post_training: PostTrainingSection = field(default_factory=PostTrainingSection)
+    checks: ChecksConfig = field(default_factory=ChecksConfig)
+
+    def __post_init__(self) -> None:
+        check_flow_name(self.name)
 
     @property
     def method(self) -> str:
@@ -257,9 +265,10 @@ def _build(cls: type, mapping: Any, path: str) -> Any:
         raise ConfigError(f"{path}: expected a mapping of settings, got {mapping!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(mapping) - set(fields))
+    unknown = sorted(set(mapping) - set(fields), key=str)
     if unknown:
-        raise ConfigError(f"{path}.{unknown[0]}: unknown setting; valid settings of {path} are {sorted(fields)}")
+        settings = sorted(name for name, f in fields.items() if f.metadata.get("setting", True))
+        raise ConfigError(f"{path}.{unknown[0]}: unknown setting; valid settings of {path} are {settings}")
     values = {name: _convert(value, hints[name], f"{path}.{name}") for name, value in mapping.items()}
     try:
         return cls(**values)
@@ -267,68 +276,41 @@ def _build(cls: type, mapping: Any, path: str) -> Any:
         raise ConfigError(f"{path}: {error}") from error
 
 
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    node = tree
-    for key in keys[:-1]:
-        child = node.setdefault(key, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set {dotted}: {key!r} is a value, not a section")
-        node = child
-    node[keys[-1]] = value
-
-
-def parse_overrides(pairs: list[str]) -> list[tuple[str, Any]]:
-    overrides = []
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {pair!r}: expected key=value, e.g. --set train.epochs=3")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError as error:
-            raise ConfigError(f"--set {pair!r}: the value is not valid YAML ({error.problem})") from error
-        overrides.append((key.strip(), value))
-    return overrides
-
-
-def read_flows(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such flows file; pass the path of flows.yaml (the repo ships one)")
-    try:
-        document = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML ({error}); fix the syntax at the position shown") from error
-    if not isinstance(document, Mapping) or not isinstance(document.get("flows"), Mapping) or not document["flows"]:
-        raise ConfigError(f"{path}: expected a top-level 'flows:' mapping of flow names to settings")
-    return dict(document["flows"])
-
-
 def load_flow(path: str | Path, name: str, overrides: list[str] | None = None) -> FlowConfig:
     flows = read_flows(path)
     if name not in flows:
         raise ConfigError(f"unknown flow {name!r} in {path}; choose one of {sorted(flows)}")
-    tree = _deepcopy(flows[name] or {})
+    tree = copy_tree(flows[name] or {})
     if not isinstance(tree, dict):
         raise ConfigError(f"flow {name!r} in {path}: expected a mapping of sections, got {tree!r}")
     for key, value in parse_overrides(overrides or []):
-        _set_dotted(tree, key, value)
+        set_dotted(tree, key, value)
+    if "name" in tree:
+        raise ConfigError(
+            f"{name}.name is not a setting: a flow's name is its key in {path}, chosen with --flow; remove "
+            "name (from --set or the flow), or copy the flow under a new key to run it under another name"
+        )
     train = tree.get("train")
     if isinstance(train, dict) and isinstance(train.get("criterion"), str) and train["criterion"].lower() == NO_PRUNING:
         train["criterion"] = None  # the paper's "None" method: no noise layers, no pruning
     tree["name"] = name
     config = _build(FlowConfig, tree, name)
     _validate_names(config)
+    _check_writable_folder(config.output.runs_dir, name, "output.runs_dir")
     return config
 
 
-def _deepcopy(tree: Any) -> Any:
-    if isinstance(tree, Mapping):
-        return {k: _deepcopy(v) for k, v in tree.items()}
-    if isinstance(tree, list):
-        return [_deepcopy(v) for v in tree]
-    return tree
+def _check_writable_folder(folder: str, flow: str, setting: str) -> None:
+    """Refuse ``folder`` unless it is, or can be created as, a folder this process can write in.
+    Nothing is created: the first existing path on the way up is looked at."""
+    path = Path(folder)
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    fix = f"choose a folder you can write in (--set {setting}=PATH)"
+    if not existing.is_dir():
+        below = "" if existing == path else f", so {str(path)!r} cannot be created below it"
+        raise ConfigError(f"{flow}.{setting}: {str(existing)!r} is a file, not a directory{below}; {fix}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flow}.{setting}: cannot create or write in {str(existing)!r} (no permission); {fix}")
 
 
 def _validate_names(config: FlowConfig) -> None:
@@ -355,9 +337,21 @@ def _validate_names(config: FlowConfig) -> None:
         raise ConfigError(f"{config.name}.train.criterion: unknown method {criterion!r}; choose one of {choices}")
     if criterion is not None:
         allowed = criterion_settings(criterion)
-        unknown = sorted(set(config.train.criterion_settings) - set(allowed))
+        unknown = sorted(set(config.train.criterion_settings) - set(allowed), key=str)
         if unknown:
             raise ConfigError(
                 f"{config.name}.train.criterion_settings.{unknown[0]}: {criterion} has no such setting; "
                 f"its settings are {sorted(allowed)}"
             )
+        _check_criterion(config, criterion, config.train.criterion_settings, "train.criterion_settings")
+    section = config.post_training
+    for name in section.criteria:  # their types and ranges were checked when the section was built
+        _check_criterion(config, name, section.criterion_settings.get(name, {}), f"post_training.criterion_settings.{name}")
+
+
+def _check_criterion(config: FlowConfig, name: str, settings: dict[str, Any], where: str) -> None:
+    """Build the criterion as training will, so that a bad setting fails now, not at the first pruning."""
+    try:
+        check_criterion(name, dict(settings), log_a=config.noise.log_a, log_b=config.noise.log_b)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"{config.name}.{where}: {error}") from None

@@ -12,10 +12,14 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping
 
 from bmrs.checkpoint import read_checkpoint
+from bmrs.data import DataBundle
+from bmrs.train import TrainConfig, check_resume_from
+from pipeline import steps
 from pipeline.config import ConfigError, FlowConfig, _build, _validate_names
 
 STAGE_FOLDERS = ("train", "baseline", "post_training")
@@ -62,6 +66,29 @@ def check_checkpoints(run_dir: Path) -> None:
         path = Path(run_dir) / folder / "checkpoint.pt"
         if path.exists():
             read_checkpoint(path)  # raises CheckpointError naming the file
+
+
+def _stage_trainings(config: FlowConfig) -> list[tuple[str, TrainConfig, bool]]:
+    """(folder, training settings, noisy) of every training stage the flow resumes, as
+    ``steps.train_stage`` and the post-training stage train them."""
+    stages = [("train", config.train, config.train.criterion is not None)]
+    if config.baseline.enabled:
+        stages.append(("baseline", replace(config.train, criterion=None), False))
+    if config.post_training.enabled:
+        stages.append(("post_training", config.post_training.train_config(config.train), True))
+    return stages
+
+
+def check_resumable(config: FlowConfig, run_dir: Path, data: DataBundle) -> None:
+    """Refuse, with ``CheckpointError``, a training checkpoint the flow would refuse to resume from
+    (weights only, written under other settings, not fitting the model): checked here, before
+    status.json is marked running, so that a refused resume leaves the directory as it was.
+    The checks and messages are ``bmrs.train``'s own, on the fingerprint ``train_`` computes."""
+    for folder, train_config, noisy in _stage_trainings(config):
+        path = Path(run_dir) / folder / "checkpoint.pt"
+        if not path.is_file():
+            continue  # the stage starts afresh
+        check_resume_from(path, steps.build(config, data, noisy=noisy), data, train_config)
 
 
 @contextmanager

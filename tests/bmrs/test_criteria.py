@@ -287,3 +287,44 @@ def test_layer_ratios_reach_every_noise_layer_of_a_model():
     prune_step(model, build_criterion("l2", layer_ratios=wanted), {}, min_alive=1)
     alive = {name: int(noise.mask.sum()) for name, noise in noise_modules(model).items()}
     assert alive == {names[0]: 8, names[1]: 3}
+
+
+@pytest.mark.parametrize(
+    "name, settings, error, fragment",
+    [
+        ("bmrs_u", {"p1": "abc"}, TypeError, r"'bmrs_u': p1 must be a number with 0 <= p1 < p2.*got 'abc'"),
+        ("bmrs_u", {"p1": -3}, ValueError, r"p1 must be a number with 0 <= p1 < p2 \(p2 = 23;.*got -3"),
+        ("bmrs_u", {"p1": 23}, ValueError, r"p1 must be a number with 0 <= p1 < p2"),
+        ("bmrs_u", {"p2": float("inf")}, ValueError, r"p2 must be a finite number > p1"),
+        ("bmrs_u", {"p1": True}, TypeError, r"p1 must be"),
+        ("bmrs_n", {"sigma_p": 0}, ValueError, r"sigma_p must be a finite number > 0"),
+        ("bmrs_n", {"sigma_p": "tiny"}, TypeError, r"sigma_p must be"),
+        ("bmrs_n", {"mu_p": [1]}, TypeError, r"mu_p must be a finite number .* or null"),
+        ("bmrs_n", {"margin": float("nan")}, ValueError, r"margin must be a finite number"),
+        ("snr", {"threshold": -1}, ValueError, r"threshold must be a finite number >= 0"),
+        ("etheta", {"threshold": 2}, ValueError, r"threshold must be a number in \[0, 1\]"),
+        ("l2", {"ratio": "half"}, TypeError, r"ratio must be a number in \[0, 1\)"),
+        ("grad", {"ratio": 1}, ValueError, r"ratio must be a number in \[0, 1\)"),
+    ],
+)
+def test_bad_settings_name_the_setting_and_what_it_may_be(name, settings, error, fragment):
+    with pytest.raises(error, match=fragment):
+        build_criterion(name, **settings)
+
+
+def test_settings_spelled_as_strings_are_numbers():
+    # YAML 1.1 reads 1e-6 (no dot) as a string.
+    assert build_criterion("bmrs_n", sigma_p="1e-6").sigma_p == 1e-6
+    assert build_criterion("bmrs_u", p1=4).p1 == 4.0
+    assert build_criterion("l2", layer_ratios={0: 0.5}).ratio_for("0") == 0.5
+
+
+def test_bmrs_u_reduced_support_must_fit_the_prior():
+    from bmrs.criteria import check_criterion
+
+    check_criterion("bmrs_u", {"p2": 28}, log_a=-20.0, log_b=0.0)  # 2^-28 = e^-19.4: inside
+    with pytest.raises(ValueError, match=r"'bmrs_u': p2 = 29 .*noise.log_a.*choose p2 <= 28.85"):
+        check_criterion("bmrs_u", {"p2": 29}, log_a=-20.0, log_b=0.0)
+    with pytest.raises(ValueError, match=r"p1 = 1 .*noise.log_b.*choose p1 >= 1.443"):
+        check_criterion("bmrs_u", {"p1": 1}, log_a=-20.0, log_b=-1.0)
+    check_criterion("bmrs_n", {}, log_a=-20.0, log_b=0.0)  # no prior-dependent settings
