@@ -165,9 +165,15 @@ def _run_group(config: FlowConfig, seed_list: list[int], group_dir: Path) -> int
     from pipeline import seeds
     from pipeline.resume import RunDirError, exclusive_run
 
+    ran_here: set[str] = set()  # seeds whose own run already printed its warning
+
+    def run_seed(seed_config: FlowConfig, run_dir: Path, resume: bool) -> int:
+        ran_here.add(str(run_dir))
+        return _execute(seed_config, run_dir, resume=resume)
+
     try:
         with exclusive_run(group_dir):
-            summary = seeds.run_group(config, seed_list, group_dir, lambda c, d, resume: _execute(c, d, resume=resume))
+            summary = seeds.run_group(config, seed_list, group_dir, run_seed)
     except RunDirError as error:
         return _fail(str(error))
     print(f"bmrs: {len(summary['completed'])} of {len(seed_list)} seeds completed; summary {group_dir / 'summary.md'}")
@@ -177,7 +183,8 @@ def _run_group(config: FlowConfig, seed_list: list[int], group_dir: Path) -> int
         return EXIT_SEED_FAILED
     if summary["degraded"]:
         for row in summary["degraded"]:
-            print(f"bmrs: warning: seed {row['seed']}: {row['warning']}", file=sys.stderr)
+            if str(row["run_dir"]) not in ran_here:
+                print(f"bmrs: warning: seed {row['seed']}: {row['warning']}", file=sys.stderr)
         return EXIT_DEGRADED
     return 0
 

@@ -113,7 +113,8 @@ def _every_criterion() -> tuple[str, ...]:
 @dataclass(frozen=True)
 class PostTrainingSection:
     """Post-training pruning curves (paper section 5): one noisy model trained without pruning, then
-    pruned progressively by each criterion's ranking. ``epochs`` None: ``train.epochs``; the
+    pruned progressively by each criterion's ranking. ``epochs`` None: ``train.epochs``; like it,
+    ``epochs`` counts in ``train.schedule_unit`` (it becomes that training's ``epochs``); the
     learning rate, batch size and seed are the ``train`` section's."""
 
     enabled: bool = False

@@ -220,6 +220,26 @@ def test_a_degraded_seed_is_not_counted_as_succeeded(seed_group, tmp_path, monke
     assert f"bmrs: warning: seed 1: {warning}" in capsys.readouterr().err
 
 
+def test_a_group_prints_each_degraded_seed_warning_once(tmp_path, monkeypatch, capsys):
+    # Seed 0 degrades while this process runs it (its own run prints the warning); seed 1 had
+    # degraded in an earlier process: only the group's summary can say so.
+    from pipeline import seeds
+
+    def fake_execute(config, run_dir, *, resume):
+        print(f"bmrs: warning: own {run_dir.name}", file=sys.stderr)
+        return cli.EXIT_DEGRADED
+
+    def fake_run_group(config, seed_list, group_dir, execute):
+        execute(config, seeds.seed_dir(group_dir, 0), False)
+        rows = [{"seed": seed, "run_dir": str(seeds.seed_dir(group_dir, seed)), "warning": f"summary {seed}"} for seed in seed_list]
+        return {"completed": [], "failed": [], "degraded": rows}
+
+    monkeypatch.setattr(cli, "_execute", fake_execute)
+    monkeypatch.setattr(seeds, "run_group", fake_run_group)
+    assert cli._run_group(load_flow(FLOWS, "default", []), [0, 1], tmp_path) == cli.EXIT_DEGRADED
+    assert lines(capsys.readouterr().err, "bmrs: warning:") == ["bmrs: warning: own seed0", "bmrs: warning: seed 1: summary 1"]
+
+
 FACTS = RunFacts(train_examples=1400, steps_per_epoch=44, lr=1.4e-3, method="bmrs_n")
 
 
