@@ -32,14 +32,26 @@ def test_gradient_matches_finite_differences(name):
     assert torch.autograd.gradcheck(draw, (mu, sigma), eps=1e-7 * max(sigma0, 1e-3), atol=1e-5, rtol=1e-4)
 
 
-def test_draws_are_uniform_transforms_in_order():
-    """A larger u never gives a smaller phi in the ordinary regime (a monotone transform)."""
-    mu = torch.tensor([-3.0, -0.2], dtype=torch.float64)
-    sigma = torch.tensor([2.0, 0.5], dtype=torch.float64)
-    uniform = torch.linspace(0.001, 0.999, 200, dtype=torch.float64).unsqueeze(1).expand(200, 2)
-    phi = TruncatedNormalDraw.apply(mu, sigma, uniform, LOG_A, LOG_B)
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_draws_are_the_truncated_quantiles_of_u(name):
+    """phi is the truncated normal's quantile at u, strictly increasing in u; where the whole
+    interval lies above the mean (alpha > 0) the sampler works in the mirrored tail for precision,
+    and phi is the quantile at 1 - u instead (as uniform a draw), strictly decreasing in u."""
+    from scipy.stats import truncnorm
+
+    mu0, sigma0 = CASES[name]
+    mu = torch.tensor([mu0], dtype=torch.float64)
+    sigma = torch.tensor([sigma0], dtype=torch.float64)
+    uniform = torch.linspace(0.001, 0.999, 200, dtype=torch.float64).unsqueeze(1)
+    phi = TruncatedNormalDraw.apply(mu, sigma, uniform, LOG_A, LOG_B).flatten()
+    alpha, beta = (LOG_A - mu0) / sigma0, (LOG_B - mu0) / sigma0
+    mirrored = alpha > 0
     steps = phi[1:] - phi[:-1]
-    assert bool(((steps >= 0).all(0) | (steps <= 0).all(0)).all())
+    assert bool((steps < 0).all()) if mirrored else bool((steps > 0).all())
+    assert LOG_A <= float(phi.min()) and float(phi.max()) <= LOG_B
+    quantile_of = (1.0 - uniform.flatten()) if mirrored else uniform.flatten()
+    expected = torch.from_numpy(truncnorm.ppf(quantile_of.numpy(), alpha, beta, loc=mu0, scale=sigma0))
+    assert torch.allclose(phi, expected, rtol=1e-6, atol=1e-9)
 
 
 def test_vectorised_inverse_cdf_matches_ndtri():
