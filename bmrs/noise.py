@@ -14,6 +14,7 @@ from torch.func import grad_and_value
 from bmrs import truncnorm
 from bmrs.fused import fused
 from bmrs.reduction import PAPER_LOG_A, PAPER_LOG_B
+from bmrs.sampling import TruncatedNormalDraw
 
 LOG_SIGMA_RANGE = (-20.0, 5.0)
 
@@ -101,8 +102,6 @@ class LogNormalNoise(nn.Module):
 
     def sample(self, num_draws: int) -> Tensor:
         """``num_draws`` independent draws of every structure's theta, masked: ``(num_draws, C)``."""
-        from bmrs.sampling import TruncatedNormalDraw
-
         uniform = torch.rand(num_draws, self.num_structures, device=self.mu.device, dtype=self.mu.dtype)
         return TruncatedNormalDraw.apply(self.mu, self.sigma(), uniform, self.log_a, self.log_b, self.mask)
 

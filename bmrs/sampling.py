@@ -184,3 +184,12 @@ class TruncatedNormalDraw(torch.autograd.Function):
         grad_mu = (grad_out * d_mu).reshape(-1, columns).sum(0)
         grad_sigma = (grad_out * d_sigma).reshape(-1, columns).sum(0)
         return grad_mu.to(ctx.param_dtype), grad_sigma.to(ctx.param_dtype), None, None, None, None
+
+
+def sample_phi(mu: Tensor, sigma: Tensor, uniform: Tensor, log_a: float, log_b: float) -> Tensor:
+    """Reparameterised draw of ``phi`` for every ``uniform`` (broadcast against ``mu``).
+
+    The draw is the exact inverse-CDF transform of ``uniform``, with gradients to ``mu`` and
+    ``sigma`` by implicit differentiation of that transform (see ``TruncatedNormalDraw``).
+    """
+    return TruncatedNormalDraw.apply(mu, sigma, uniform.expand(*uniform.shape[:-1], mu.shape[-1]), log_a, log_b)

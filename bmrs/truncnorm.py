@@ -152,14 +152,3 @@ def log_moment(mu: Tensor, sigma: Tensor, order: int, log_a: float, log_b: float
     s = torch.where(below | above, 0.0, shift)
     middle = order * mu + 0.5 * shift * shift + log_normal_mass(a - s, b - s) - log_normal_mass(a, b)
     return torch.where(below | above, tail, middle)
-
-
-def sample_phi(mu: Tensor, sigma: Tensor, uniform: Tensor, log_a: float, log_b: float) -> Tensor:
-    """Reparameterised draw of ``phi`` for every ``uniform`` (broadcast against ``mu``).
-
-    The draw is the exact inverse-CDF transform of ``uniform``, with gradients to ``mu`` and
-    ``sigma`` by implicit differentiation of that transform (see ``bmrs.sampling``).
-    """
-    from bmrs.sampling import TruncatedNormalDraw
-
-    return TruncatedNormalDraw.apply(mu, sigma, uniform.expand(*uniform.shape[:-1], mu.shape[-1]), log_a, log_b)
