@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bmrs.data import DatasetNotFoundError, Split, register_dataset
+from bmrs.data.registry import DatasetNotFoundError, Split, register_dataset
 
 TEST_FRACTION = 0.2
 TEST_SPLIT_SEED = 0
