@@ -78,6 +78,28 @@ def check_fits(path: Path, model: nn.Module, checkpoint: Checkpoint) -> None:
         )
 
 
+def check_resumable_checkpoint(path: Path, checkpoint: Checkpoint, model: nn.Module, fingerprint: dict[str, Any]) -> None:
+    """Refuse (``CheckpointError``) a checkpoint a training run cannot continue from: weights only, no
+    recorded settings, settings other than ``fingerprint``, or weights that do not fit ``model``."""
+    if checkpoint.training is None:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} holds weights only, not the training state a resume needs; "
+            "start a new run to retrain"
+        )
+    if not isinstance(checkpoint.meta.get("fingerprint"), dict):
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} does not record the settings it was written under, so resuming "
+            "from it could silently change the result; start a new run"
+        )
+    difference = first_difference(checkpoint.meta["fingerprint"], fingerprint)
+    if difference:
+        raise CheckpointError(
+            f"cannot resume from {str(path)!r}: it was written under different settings ({difference}); "
+            "resume with the settings it was written with, or start a new run"
+        )
+    check_fits(path, model, checkpoint)
+
+
 def load_checkpoint(path: Path, model: nn.Module) -> dict[str, Any]:
     """Load ``path`` into ``model`` (in place); returns the metadata."""
     checkpoint = read_checkpoint(path)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from bmrs.checkpoint import CheckpointError, check_fits, first_difference, read_checkpoint, save_checkpoint
+from bmrs.checkpoint import CheckpointError, check_resumable_checkpoint, first_difference, read_checkpoint, save_checkpoint
 from bmrs.criteria import Criterion, LayerView, build_criterion
 from bmrs.data import DataBundle, Split
 from bmrs.fold import absorb_expected_noise_
@@ -191,27 +191,7 @@ def check_resume_from(path: Path, model: nn.Module, data: DataBundle, config: Tr
     anything (weights only, no or other settings, another model), without training: so that a caller
     can refuse a resume before it touches the run directory."""
     fingerprint = training_fingerprint(model, data, config.for_examples(len(data.train)))
-    _check_resume_fits(path, read_checkpoint(path), model, fingerprint)
-
-
-def _check_resume_fits(path: Path, checkpoint, model: nn.Module, fingerprint: dict[str, Any]) -> None:
-    if checkpoint.training is None:
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} holds weights only, not the training state a resume needs; "
-            "start a new run to retrain"
-        )
-    if not isinstance(checkpoint.meta.get("fingerprint"), dict):
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} does not record the settings it was written under, so resuming "
-            "from it could silently change the result; start a new run"
-        )
-    difference = first_difference(checkpoint.meta["fingerprint"], fingerprint)
-    if difference:
-        raise CheckpointError(
-            f"cannot resume from {str(path)!r}: it was written under different settings ({difference}); "
-            "resume with the settings it was written with, or start a new run"
-        )
-    check_fits(path, model, checkpoint)
+    check_resumable_checkpoint(path, read_checkpoint(path), model, fingerprint)
 
 
 def _resume(
@@ -219,7 +199,7 @@ def _resume(
 ) -> _Progress:
     """Restore model, optimizer and random streams from ``path``; everything is checked before anything changes."""
     checkpoint = read_checkpoint(path)
-    _check_resume_fits(path, checkpoint, model, fingerprint)
+    check_resumable_checkpoint(path, checkpoint, model, fingerprint)
     changed = first_difference(checkpoint.meta.get("environment"), training_environment())
     if changed:
         warnings.warn(
