@@ -3,7 +3,7 @@
     python -m benchmarks.noise_points [--models resnet18 mobilenet_v2 vit_b_16] [--size 224]
 
 Each model is built untrained (no weights are downloaded) with 10 classes, traced once by
-``bmrs.structures.analyse_structures`` (which Linear/Conv2d layers can carry noise, and why the
+``bmrs.models.structures.analyse_structures`` (which Linear/Conv2d layers can carry noise, and why the
 others cannot), given noise on every layer that can, and checked by
 ``export.slicing.check_sliceable`` (masked == sliced under randomised normalisation statistics), as
 a run does before training. Results go to ``benchmarks/results/noise_points.json``.
@@ -20,7 +20,7 @@ import torch
 import torchvision
 
 from bmrs.models import insert_noise
-from bmrs.structures import analyse_structures
+from bmrs.models.structures import analyse_structures
 from export.slicing import check_sliceable
 
 RESULTS = Path(__file__).parent / "results" / "noise_points.json"

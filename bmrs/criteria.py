@@ -21,8 +21,8 @@ from typing import Any, Callable, ClassVar, Protocol
 import torch
 from torch import Tensor, nn
 
-from bmrs.noise import LogNormalNoise
-from bmrs.reduction import delta_f_lognormal, delta_f_loguniform
+from bmrs.nn.noise import LogNormalNoise
+from bmrs.math.reduction import delta_f_lognormal, delta_f_loguniform
 
 
 @dataclass(frozen=True)

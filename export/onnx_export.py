@@ -20,7 +20,7 @@ import onnxruntime as ort
 import torch
 from torch import Tensor, nn
 
-from bmrs.noise import LogNormalNoise
+from bmrs.nn.noise import LogNormalNoise
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -144,7 +144,7 @@ def export_onnx(
         )
     noisy = [name for name, module in model.named_modules() if isinstance(module, LogNormalNoise)]
     if noisy:
-        raise ValueError(f"model still has noise modules {noisy}; fold them first with export.fold.fold_noise")
+        raise ValueError(f"model still has noise modules {noisy}; fold them first with bmrs.nn.fold.fold_noise")
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

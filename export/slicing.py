@@ -17,8 +17,8 @@ import torch_pruning as tp
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _NormBase
 
-from bmrs.noise import LogNormalNoise, noise_modules
-from export.fold import fold_noise
+from bmrs.nn.noise import LogNormalNoise, noise_modules
+from bmrs.nn.fold import fold_noise
 
 SLICEABLE_LAYERS = (nn.Linear, nn.Conv2d)
 
@@ -114,7 +114,7 @@ def slice_(model: nn.Module, keep: Mapping[str, Tensor], example_input: Tensor) 
                 raise ValueError(
                     f"the outputs of {path!r} and {paths.get(id(other), type(other).__name__)!r} are coupled "
                     "(summed by a residual, or tied by a depthwise convolution), so removing channels of one removes "
-                    "them from the other; leave these layers without noise (bmrs.structures.analyse_structures lists "
+                    "them from the other; leave these layers without noise (bmrs.models.structures.analyse_structures lists "
                     "the layers that can carry it)"
                 )
         group.prune()

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from bmrs.data import Split
-from bmrs.metrics import ClassificationMetrics, classification_metrics
+from bmrs.train.metrics import ClassificationMetrics, classification_metrics
 from export.onnx_export import DIVERGED_OUTPUT, INPUT_NAME, OUTPUT_NAME, OnnxConfig, OnnxParityError
 
 PARITY_BATCH = 256

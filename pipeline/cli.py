@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         config = load_flow(args.flows, args.flow, overrides)
     except ConfigError as error:
         return _fail(str(error))
-    from pipeline import seeds, steps
+    from pipeline import seeds
+    from pipeline.stages import steps
 
     try:
         if args.seeds is not None:
@@ -99,10 +100,11 @@ def main(argv: list[str] | None = None) -> int:
 def _resume(run_dir_arg: str, *, no_progress: bool) -> int:
     from dataclasses import replace
 
-    from bmrs.checkpoint import CheckpointError
+    from bmrs.train.checkpoint import CheckpointError
     from bmrs.data import DatasetNotFoundError
-    from pipeline import seeds, steps
-    from pipeline.resume import RunDirError, check_checkpoints, check_resumable, read_run_config
+    from pipeline import seeds
+    from pipeline.stages import steps
+    from pipeline.stages.resume import RunDirError, check_checkpoints, check_resumable, read_run_config
 
     run_dir = Path(run_dir_arg)
     if seeds.is_group_dir(run_dir):
@@ -138,11 +140,13 @@ def _resume_group(group_dir: Path, *, no_progress: bool) -> int:
     """Finish every seed of a group that has no report: resume the begun ones, start the others."""
     from dataclasses import replace
 
-    from bmrs.checkpoint import CheckpointError
+    from bmrs.train.checkpoint import CheckpointError
     from bmrs.data import DatasetNotFoundError
-    from pipeline import seeds, steps
+    from pipeline import seeds
+    from pipeline.stages import steps
     from pipeline.config import ConfigError
-    from pipeline.resume import check_checkpoints, check_resumable, flow_config_from_dict
+    from pipeline.config import flow_config_from_dict
+    from pipeline.stages.resume import check_checkpoints, check_resumable
 
     try:
         tree, seed_list = seeds.read_group(group_dir)
@@ -163,7 +167,7 @@ def _resume_group(group_dir: Path, *, no_progress: bool) -> int:
 
 def _run_group(config: FlowConfig, seed_list: list[int], group_dir: Path) -> int:
     from pipeline import seeds
-    from pipeline.resume import RunDirError, exclusive_run
+    from pipeline.stages.resume import RunDirError, exclusive_run
 
     ran_here: set[str] = set()  # seeds whose own run already printed its warning
 
@@ -198,7 +202,7 @@ def _execute(config: FlowConfig, run_dir: Path, *, resume: bool) -> int:
     """Run the flow into ``run_dir``; status.json ends as completed, or failed with the reason.
     Refused, with nothing written, while another process works in ``run_dir``."""
     from pipeline.lifetime import Terminated, sigterm_raises
-    from pipeline.resume import RunDirError, exclusive_run
+    from pipeline.stages.resume import RunDirError, exclusive_run
 
     _prefect_environment()
     try:
@@ -212,10 +216,10 @@ def _execute(config: FlowConfig, run_dir: Path, *, resume: bool) -> int:
 
 
 def _execute_locked(config: FlowConfig, run_dir: Path, *, resume: bool) -> int:
-    from bmrs.checkpoint import CheckpointError
+    from bmrs.train.checkpoint import CheckpointError
     from bmrs.data import DatasetNotFoundError
     from bmrs.train import TrainingDivergedError
-    from pipeline import steps
+    from pipeline.stages import steps
     from pipeline.flow import compress_flow
     from pipeline.lifetime import start_bound_server
 

@@ -1,4 +1,4 @@
-"""The compression flow: Prefect tasks that call ``pipeline.steps`` and nothing else.
+"""The compression flow: Prefect tasks that call ``pipeline.stages.steps`` and nothing else.
 
     train (method) ─┐
     train (dense) ──┼─> compress (fold, slice, ONNX + parity) ─> latency (ORT) ─> [post-training] ─┐
@@ -22,9 +22,9 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from pipeline import steps
+from pipeline.stages import steps
 from pipeline.config import FlowConfig
-from pipeline.post_training_stage import post_training_stage
+from pipeline.stages.post_training import post_training_stage
 
 # Models and datasets are not hashable inputs; every stage writes its result into the run directory.
 stage = task(cache_policy=NO_CACHE, persist_result=False)

@@ -23,9 +23,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks.experiment import mean_std
+from benchmarks.paper.experiment import mean_std
 from bmrs.artifacts import write_json
-from pipeline import steps
+from pipeline.stages import steps
 from pipeline.config import FlowConfig
 
 GROUP_FILE = "group.json"

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from bmrs.models import insert_noise
-from bmrs.noise import noise_modules
-from bmrs.structures import NoisePoint, analyse_structures
+from bmrs.nn.noise import noise_modules
+from bmrs.models.structures import NoisePoint, analyse_structures
 from export.onnx_export import OnnxConfig, export_onnx
 from export.slicing import check_sliceable, slice_model
 from layer_patterns import PATTERNS, build_pattern

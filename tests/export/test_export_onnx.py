@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from bmrs.data import Split
-from bmrs.metrics import classification_metrics
+from bmrs.train.metrics import classification_metrics
 from export.onnx_export import OnnxConfig, OnnxParityError, OnnxResult, export_onnx
 from export.slicing import slice_model
 from export.verify import EndToEndParityError, check_data_parity, onnx_metrics

@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from bmrs.models import build_model, insert_noise, noise_points_for
-from bmrs.noise import noise_modules
-from export.fold import fold_noise
+from bmrs.nn.noise import noise_modules
+from bmrs.nn.fold import fold_noise
 from export.slicing import (
     count_flops,
     count_params,

@@ -14,10 +14,11 @@ import pytest
 import torch
 from prefect_env import prefect_environment
 
-from bmrs.checkpoint import read_checkpoint
+from bmrs.train.checkpoint import read_checkpoint
 from pipeline.cli import main
 from pipeline.config import ConfigError, FlowConfig, load_flow
-from pipeline.resume import LOCK_FILE, exclusive_run, flow_config_from_dict
+from pipeline.config import flow_config_from_dict
+from pipeline.stages.resume import LOCK_FILE, exclusive_run
 
 REPO = Path(__file__).resolve().parents[2]
 FMNIST = Path("/usr/share/datasets/fashion-mnist")

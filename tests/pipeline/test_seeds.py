@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.experiment import mean_std
-from pipeline import cli, steps
+from benchmarks.paper.experiment import mean_std
+from pipeline import cli
+from pipeline.stages import steps
 from pipeline.seeds import check_seeds, write_summary
 
 REPO_FLOWS = Path(__file__).resolve().parents[2] / "flows.yaml"

@@ -1,0 +1,53 @@
+"""A registered model with its noise: what training, resuming and benchmarks all build the same way."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from bmrs.models.registry import NOISE_RULES, build_model
+from bmrs.models.structures import analyse_structures
+from bmrs.nn.bank import attach_noise_bank
+from bmrs.nn.insert import NoiseInit, NoisePoint, insert_noise, start_noise_on_
+
+
+def build_network(
+    name: str,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    options: dict[str, object] | None = None,
+    noise: NoiseInit | None = None,
+    noise_points: tuple[str, ...] | list[str] | None = None,
+    seed: int = 0,
+) -> nn.Module:
+    """The registered model, seeded, with noise at its noise points (and one noise bank) when
+    ``noise`` is given: what training, resuming and benchmarks all build the same way."""
+    torch.manual_seed(seed)
+    model = build_model(name, input_shape, num_classes, **(options or {}))
+    if noise is not None:
+        points = noise_points_for(name, model, noise_points, input_shape=tuple(input_shape))
+        insert_noise(model, points, **noise.posterior_options())
+        start_noise_on_(model, noise.start_on)
+        attach_noise_bank(model)
+    return model
+
+
+def noise_points_for(
+    model_name: str,
+    model: nn.Module,
+    explicit: tuple[str, ...] | list[str] | None = None,
+    *,
+    input_shape: tuple[int, ...] | None = None,
+) -> list[NoisePoint]:
+    """The family's noise rule, or (user models, and ``explicit`` layer paths) the layers
+    ``analyse_structures`` finds can carry noise exactly, traced on a batch of ``input_shape``."""
+    rule = NOISE_RULES.get(model_name)
+    if explicit is None and rule is not None:
+        return rule(model)
+    if input_shape is None:
+        raise TypeError(
+            f"noise points of {model_name!r} are found by tracing the model: pass input_shape (one example's shape)"
+        )
+    structures = analyse_structures(model, torch.zeros(2, *input_shape))
+    return structures.default_points() if explicit is None else structures.points_for(explicit)
+

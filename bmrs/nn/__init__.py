@@ -1,0 +1,7 @@
+"""Noise layers in networks: the log-normal multiplicative noise (``noise``), one batched bank of
+every layer's posteriors (``bank``), where noise goes (``insert``) and how ``E[theta]`` folds into
+the weights it scales (``fold``)."""
+from bmrs.nn.insert import NoiseInit, NoisePoint, Noised, insert_noise
+from bmrs.nn.noise import LogNormalNoise, noise_modules
+
+__all__ = ["LogNormalNoise", "NoiseInit", "NoisePoint", "Noised", "insert_noise", "noise_modules"]

@@ -1,0 +1,367 @@
+"""``flows.yaml`` -> one frozen, typed ``FlowConfig`` per named flow.
+
+Sections reuse the libraries' own config types where they exist (``TrainConfig``, ``OnnxConfig``,
+``LatencyConfig``), so a setting is declared once. Every field, at any depth, is reachable from the
+command line as ``--set section.field=value`` (values are YAML: ``--set train.epochs=3``,
+``--set latency.batch_sizes=[1,64]``). Every bad input raises ``ConfigError`` naming the key and the fix,
+before anything is written: criterion settings are checked by building the criterion, the output
+folder by looking at the file system, and a flow's name (a folder under ``runs_dir``) must be one
+plain path component.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+import types
+import typing
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from benchmarks.latency import LatencyConfig
+from bmrs.criteria import CRITERIA, check_criterion, criterion_settings
+from bmrs.data import DATASETS, DEFAULT_ROOTS, resolve_root, root_hint
+from bmrs.models import MODELS, NoiseInit, lenet5_widths, mlp_settings
+from bmrs.train.post_training import PostTrainingConfig
+from bmrs.train import TrainConfig
+from bmrs.models.user import is_user_model, resolve_factory
+from export.onnx_export import OnnxConfig
+from pipeline.stages.checks import ChecksConfig
+from pipeline.config.flows_file import ConfigError, check_flow_name, copy_tree, parse_overrides, read_flows, set_dotted
+
+# ConfigError, parse_overrides and read_flows live in pipeline.config.flows_file; they are this module's API too.
+__all__ = ["ConfigError", "FlowConfig", "flow_config_from_dict", "load_flow", "parse_overrides", "read_flows"]
+
+NO_PRUNING = "none"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "fashion_mnist"
+    root: str | None = None  # None: the dataset's default root (Fashion-MNIST: Debian's package)
+    val_fraction: float = 0.2
+    seed: int = 0
+    cache_dir: str | None = None
+    max_train_examples: int | None = None  # train on a subset: smoke tests and quick looks
+
+    def resolved_root(self) -> str:
+        return resolve_root(self.dataset, self.root, setting="data.root")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """``name``: a registered family or ``package.module:factory``; ``preset``/``hidden_*`` shape the mlp.
+
+    ``noise_points`` replaces the family's noise rule by an explicit list of Linear/Conv2d paths;
+    the paths are checked against the model when it is built (the data's shape is needed for that).
+    """
+
+    name: str = "lenet5"
+    preset: str | None = None  # mlp only: the paper's per-dataset MLP (mnist, fashion_mnist, cifar10)
+    hidden_width: int | None = None  # mlp only; None: the preset's, else 150
+    hidden_layers: int | None = None  # mlp only; None: the preset's, else 1
+    widths: tuple[int, ...] | None = None  # lenet5 only: conv1, conv2, fc1, fc2; None: the paper's 6, 16, 120, 84
+    # None: the family's rule (user models: every hidden layer). Integers are accepted because YAML
+    # reads nn.Sequential's child names (`[0, 2]`) as numbers; they are stored as the paths they name.
+    noise_points: tuple[str | int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.name == "mlp":
+            mlp_settings(self.preset, self.hidden_width, self.hidden_layers)  # a conflict fails at load time
+        if self.name == "lenet5" and self.widths is not None:
+            object.__setattr__(self, "widths", lenet5_widths(self.widths))
+        for family, keys in (("mlp", ("preset", "hidden_width", "hidden_layers")), ("lenet5", ("widths",))):
+            if self.name == family:
+                continue
+            for key in keys:
+                if getattr(self, key) is not None:
+                    raise ValueError(
+                        f"{key} applies to the {family} only, not to {self.name!r}; remove it (--set model.{key}=null)"
+                    )
+        if self.noise_points is None:
+            return
+        paths = tuple(str(path) for path in self.noise_points)
+        object.__setattr__(self, "noise_points", paths)
+        if not paths:
+            raise ValueError("noise_points is empty; list Linear/Conv2d layer paths, or null for the model's own rule")
+        if len(set(paths)) != len(paths) or not all(paths):
+            raise ValueError(f"noise_points {list(paths)} must be distinct, non-empty layer paths")
+
+    def options(self) -> dict[str, Any]:
+        """What ``build_model`` takes besides the data's shape: the mlp's resolved width and depth,
+        LeNet5's widths when given."""
+        if self.name == "mlp":
+            return mlp_settings(self.preset, self.hidden_width, self.hidden_layers)
+        return {"widths": self.widths} if self.widths is not None else {}
+
+
+NoiseConfig = NoiseInit  # the flow's ``noise`` section is the library's noise initialisation
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    """The paper's "None" model (no noise, no pruning) trained on the same budget, as the dense reference."""
+
+    enabled: bool = True
+
+
+def _every_criterion() -> tuple[str, ...]:
+    return tuple(CRITERIA)
+
+
+@dataclass(frozen=True)
+class PostTrainingSection:
+    """Post-training pruning curves (paper section 5): one noisy model trained without pruning, then
+    pruned progressively by each criterion's ranking. ``epochs`` None: ``train.epochs``; like it,
+    ``epochs`` counts in ``train.schedule_unit`` (it becomes that training's ``epochs``); the
+    learning rate, batch size and seed are the ``train`` section's."""
+
+    enabled: bool = False
+    criteria: tuple[str, ...] = field(default_factory=_every_criterion)
+    criterion_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    steps: int = 10
+    finetune_epochs: int = 1
+    epochs: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.criteria:
+            raise ValueError(f"criteria is empty; list some of {sorted(CRITERIA)} (or leave it out for all of them)")
+        for name in self.criteria:
+            if name not in CRITERIA:
+                hint = " ('none' has no ranking to prune by)" if name == NO_PRUNING else ""
+                raise ValueError(f"criteria: unknown criterion {name!r}{hint}; choose from {sorted(CRITERIA)}")
+        if len(set(self.criteria)) != len(self.criteria):
+            raise ValueError(f"criteria {list(self.criteria)} names a criterion twice; list each once")
+        for name, settings in self.criterion_settings.items():
+            if name not in self.criteria:
+                raise ValueError(
+                    f"criterion_settings.{name}: {name!r} is not in criteria {list(self.criteria)}; add it there or drop its settings"
+                )
+            if not isinstance(settings, Mapping):
+                raise TypeError(f"criterion_settings.{name}: expected a mapping of settings such as {{p1: 4}}, got {settings!r}")
+        if self.epochs is not None and (isinstance(self.epochs, bool) or self.epochs < 1):
+            raise ValueError(f"epochs must be >= 1, or null for train.epochs; got {self.epochs!r}")
+        for name in self.criteria:
+            self.for_criterion(name, TrainConfig())  # PostTrainingConfig checks steps, epochs and settings
+
+    def for_criterion(self, name: str, train: TrainConfig) -> PostTrainingConfig:
+        return PostTrainingConfig(
+            criterion=name,
+            criterion_settings=dict(self.criterion_settings.get(name, {})),
+            steps=self.steps,
+            finetune_epochs=self.finetune_epochs,
+            lr=train.lr,
+            batch_size=train.batch_size,
+            seed=train.seed,
+        )
+
+    def train_config(self, train: TrainConfig) -> TrainConfig:
+        """Training of the model the curves start from: the flow's, without pruning or fine-tuning."""
+        epochs = self.epochs if self.epochs is not None else train.epochs
+        return replace(train, criterion=None, criterion_settings={}, epochs=epochs, finetune_epochs=0, prune_start=1)
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    runs_dir: str = "runs"
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    # Not a setting: the flow's key in flows.yaml, chosen with --flow.
+    name: str = field(metadata={"setting": False})
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    export: OnnxConfig = field(default_factory=OnnxConfig)
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    post_training: PostTrainingSection = field(default_factory=PostTrainingSection)
+    checks: ChecksConfig = field(default_factory=ChecksConfig)
+
+    def __post_init__(self) -> None:
+        check_flow_name(self.name)
+
+    @property
+    def method(self) -> str:
+        return self.train.criterion or NO_PRUNING
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(self)
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _convert(value: Any, hint: Any, path: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _convert(value, option, path)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0])
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, path)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        for member in hint:
+            if value == member.value or (isinstance(value, str) and value.lower() == member.name.lower()):
+                return member
+        raise ConfigError(f"{path}: {value!r} is not one of {[m.value for m in hint]}")
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads "1e-3" (no dot) as a string; users write it that way all the time.
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{path}: expected a finite number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        (item_hint, *_rest) = typing.get_args(hint)
+        return tuple(_convert(v, item_hint, f"{path}[{i}]") for i, v in enumerate(value))
+    if origin is dict or hint is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return dict(value)
+    return value
+
+
+def _build(cls: type, mapping: Any, path: str) -> Any:
+    if mapping is None:
+        mapping = {}
+    if not isinstance(mapping, Mapping):
+        raise ConfigError(f"{path}: expected a mapping of settings, got {mapping!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(mapping) - set(fields), key=str)
+    if unknown:
+        settings = sorted(name for name, f in fields.items() if f.metadata.get("setting", True))
+        raise ConfigError(f"{path}.{unknown[0]}: unknown setting; valid settings of {path} are {settings}")
+    values = {name: _convert(value, hints[name], f"{path}.{name}") for name, value in mapping.items()}
+    try:
+        return cls(**values)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"{path}: {error}") from error
+
+
+def load_flow(path: str | Path, name: str, overrides: list[str] | None = None) -> FlowConfig:
+    flows = read_flows(path)
+    if name not in flows:
+        raise ConfigError(f"unknown flow {name!r} in {path}; choose one of {sorted(flows)}")
+    tree = copy_tree(flows[name] or {})
+    if not isinstance(tree, dict):
+        raise ConfigError(f"flow {name!r} in {path}: expected a mapping of sections, got {tree!r}")
+    for key, value in parse_overrides(overrides or []):
+        set_dotted(tree, key, value)
+    if "name" in tree:
+        raise ConfigError(
+            f"{name}.name is not a setting: a flow's name is its key in {path}, chosen with --flow; remove "
+            "name (from --set or the flow), or copy the flow under a new key to run it under another name"
+        )
+    train = tree.get("train")
+    if isinstance(train, dict) and isinstance(train.get("criterion"), str) and train["criterion"].lower() == NO_PRUNING:
+        train["criterion"] = None  # the paper's "None" method: no noise layers, no pruning
+    tree["name"] = name
+    config = _build(FlowConfig, tree, name)
+    _validate_names(config)
+    _check_writable_folder(config.output.runs_dir, name, "output.runs_dir")
+    return config
+
+
+def flow_config_from_dict(tree: Mapping[str, Any]) -> FlowConfig:
+    """The ``FlowConfig`` whose ``to_dict()`` is ``tree`` (the inverse of ``FlowConfig.to_dict``)."""
+    if not isinstance(tree, Mapping) or not isinstance(tree.get("name"), str):
+        raise ConfigError(f"expected a mapping of sections with a string 'name' (FlowConfig.to_dict()), got {tree!r:.80}")
+    config = _build(FlowConfig, tree, tree["name"])
+    _validate_names(config)
+    return config
+
+
+def _check_writable_folder(folder: str, flow: str, setting: str) -> None:
+    """Refuse ``folder`` unless it is, or can be created as, a folder this process can write in.
+    Nothing is created: the first existing path on the way up is looked at."""
+    path = Path(folder)
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    fix = f"choose a folder you can write in (--set {setting}=PATH)"
+    if not existing.is_dir():
+        below = "" if existing == path else f", so {str(path)!r} cannot be created below it"
+        raise ConfigError(f"{flow}.{setting}: {str(existing)!r} is a file, not a directory{below}; {fix}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flow}.{setting}: cannot create or write in {str(existing)!r} (no permission); {fix}")
+
+
+def _validate_names(config: FlowConfig) -> None:
+    if config.data.dataset not in DATASETS:
+        raise ConfigError(f"{config.name}.data.dataset: unknown dataset {config.data.dataset!r}; choose one of {sorted(DATASETS)}")
+    if config.data.root is None and DEFAULT_ROOTS[config.data.dataset] is None:
+        raise ConfigError(
+            f"{config.name}.data.root: {config.data.dataset} has no default location; set data.root "
+            f"(--set data.root=PATH) to {root_hint(config.data.dataset)}"
+        )
+    if is_user_model(config.model.name):
+        try:
+            resolve_factory(config.model.name)  # import now: a typo fails before any data is loaded
+        except (ValueError, TypeError) as error:
+            raise ConfigError(f"{config.name}.model.name: {error}") from error
+    elif config.model.name not in MODELS:
+        raise ConfigError(
+            f"{config.name}.model.name: unknown model {config.model.name!r}; choose one of {sorted(MODELS)} "
+            "or name your own as package.module:factory"
+        )
+    criterion = config.train.criterion
+    if criterion is not None and criterion not in CRITERIA:
+        choices = sorted(CRITERIA) + [NO_PRUNING]
+        raise ConfigError(f"{config.name}.train.criterion: unknown method {criterion!r}; choose one of {choices}")
+    if criterion is not None:
+        allowed = criterion_settings(criterion)
+        unknown = sorted(set(config.train.criterion_settings) - set(allowed), key=str)
+        if unknown:
+            raise ConfigError(
+                f"{config.name}.train.criterion_settings.{unknown[0]}: {criterion} has no such setting; "
+                f"its settings are {sorted(allowed)}"
+            )
+        _check_criterion(config, criterion, config.train.criterion_settings, "train.criterion_settings")
+    section = config.post_training
+    for name in section.criteria:  # their types and ranges were checked when the section was built
+        _check_criterion(config, name, section.criterion_settings.get(name, {}), f"post_training.criterion_settings.{name}")
+
+
+def _check_criterion(config: FlowConfig, name: str, settings: dict[str, Any], where: str) -> None:
+    """Build the criterion as training will, so that a bad setting fails now, not at the first pruning."""
+    try:
+        check_criterion(name, dict(settings), log_a=config.noise.log_a, log_b=config.noise.log_b)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"{config.name}.{where}: {error}") from None

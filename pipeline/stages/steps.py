@@ -1,0 +1,359 @@
+"""The flow's stages as plain functions over a run directory (no Prefect here, so each is testable).
+
+Run directory layout, ``runs/<flow>/<run-id>/``::
+
+    config.json          the resolved FlowConfig
+    status.json          running | failed (with the error) | completed | degraded (with the warning)
+    train/               checkpoint.pt (every epoch), history.json and curve.png of the pruned model
+    baseline/            the same for the dense "None" model
+    model.onnx           the sliced model;  dense.onnx: the dense reference; each compared on real
+                         test examples with the PyTorch model whose accuracy is reported
+    bench/latency.json   ORT latencies
+    post_training/       with post_training.enabled: checkpoint.pt and history.json of the unpruned
+                         noisy model, <criterion>.json per criterion (its pruning curve), curves.png
+    report.json          written last: its presence means the run finished (completed, or degraded:
+                         its ``checks`` section says which sanity bound failed)
+
+``bmrs resume`` runs the same stages into an existing directory with ``resume=True``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import secrets
+import time
+from dataclasses import replace
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from benchmarks.latency import measure_latency
+from benchmarks.plots import Series, line_plot
+from bmrs.artifacts import write_json
+from bmrs.train.checkpoint import load_checkpoint
+from bmrs.data import DataBundle, Split, load_dataset
+from bmrs.train.metrics import classification_metrics
+from bmrs.models import build_network
+from bmrs.train import TrainConfig, train_
+from bmrs.train.loop import prune_starts
+from export.onnx_export import OnnxResult, export_onnx
+from export.slicing import check_sliceable, count_flops, count_params, parameter_compression, slice_model
+from export.verify import DataParity, EndToEndParityError, check_data_parity, onnx_metrics
+from pipeline.stages.checks import RunFacts, chance_accuracy, evaluate_checks
+from pipeline.config import FlowConfig
+
+
+class RunState(str, Enum):
+    """``status.json``'s state. A str, so that the file holds the plain value."""
+
+    RUNNING = "running"
+    FAILED = "failed"
+    COMPLETED = "completed"
+    DEGRADED = "degraded"  # finished, but a model failed a sanity bound (report.json's checks)
+
+
+def new_run_dir(config: FlowConfig) -> Path:
+    return start_run_dir(config, Path(config.output.runs_dir) / config.name / new_run_id())
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+
+
+def start_run_dir(config: FlowConfig, run_dir: Path) -> Path:
+    """Create ``run_dir`` (it must not exist yet) holding ``config.json`` and a running status."""
+    run_dir.mkdir(parents=True, exist_ok=False)
+    write_json(run_dir / "config.json", config.to_dict())
+    set_status(run_dir, RunState.RUNNING)
+    return run_dir
+
+
+def set_status(run_dir: Path, state: RunState | str, error: str | None = None) -> None:
+    """``error``: why the run failed, or (degraded) the warning naming the bound that failed."""
+    state = RunState(state)
+    write_json(run_dir / "status.json", {"state": state.value, "error": error, "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+
+def load_data(config: FlowConfig) -> DataBundle:
+    data = load_dataset(
+        config.data.dataset,
+        config.data.resolved_root(),
+        val_fraction=config.data.val_fraction,
+        seed=config.data.seed,
+        cache_dir=config.data.cache_dir,
+    )
+    limit = config.data.max_train_examples
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"data.max_train_examples must be >= 1 or null, got {limit}")
+        data = replace(data, train=Split(data.train.images[:limit], data.train.labels[:limit]))
+    return data
+
+
+def build(config: FlowConfig, data: DataBundle, *, noisy: bool) -> nn.Module:
+    """The model, with noise layers at the family's noise points when ``noisy``."""
+    model = build_network(
+        config.model.name,
+        data.input_shape,
+        data.num_classes,
+        options=config.model.options(),
+        noise=config.noise if noisy else None,
+        noise_points=config.model.noise_points,
+        seed=config.train.seed,
+    )
+    return model
+
+
+def check_model(config: FlowConfig, data: DataBundle) -> None:
+    """Build the noisy model once, resolve every layer path the settings name (noise points,
+    ``noise.start_on``, ``train.prune_start_by_layer``) and check that its pruned structures slice
+    exactly, so that a typo or an inexact noise point fails before a run directory exists or a
+    baseline has trained. (The check slices a copy once per layer: done here, not at every build.)"""
+    model = build(config, data, noisy=True)
+    prune_starts(model, config.train)
+    check_sliceable(model, example_input(data))
+
+
+def example_input(data: DataBundle, batch: int = 2) -> torch.Tensor:
+    return data.test.images[:batch]
+
+
+def train_stage(config: FlowConfig, data: DataBundle, run_dir: Path, *, baseline: bool, resume: bool = False) -> Path:
+    """Train (the pruned method, or the dense baseline); returns the checkpoint path.
+
+    ``resume``: continue from the stage's checkpoint when there is one (a finished one is only
+    loaded, not retrained), to the same result an uninterrupted run reaches.
+    """
+    if baseline:
+        dense_config = replace(config.train, criterion=None)
+        return train_into(run_dir / "baseline", config, data, dense_config, noisy=False, resume=resume)[0]
+    noisy = config.train.criterion is not None
+    folder = run_dir / "train"
+    checkpoint, history = train_into(folder, config, data, config.train, noisy=noisy, resume=resume)
+    plot_training_curve(folder / "curve.png", history, title=f"{config.name}: {config.method} while training")
+    return checkpoint
+
+
+def train_into(
+    folder: Path, config: FlowConfig, data: DataBundle, train_config: TrainConfig, *, noisy: bool, resume: bool = False
+) -> tuple[Path, list[dict[str, Any]]]:
+    """Train a fresh model of ``config`` (with noise layers when ``noisy``) under ``train_config``,
+    checkpointing every epoch to ``folder/checkpoint.pt``; writes ``folder/history.json``.
+    Returns the checkpoint's path and the per-epoch history.
+
+    ``resume``: continue from that checkpoint when there is one (a finished one is only loaded)."""
+    checkpoint = folder / "checkpoint.pt"
+    model = build(config, data, noisy=noisy)
+    sample = example_input(data)
+    measure = (lambda m: parameter_compression(m, sample)) if noisy else (lambda m: 0.0)
+    resume_from = checkpoint if resume and checkpoint.is_file() else None
+    result = train_(model, data, train_config, compression=measure, checkpoint_path=checkpoint, resume_from=resume_from)
+    history = result.as_dict()
+    write_json(folder / "history.json", history)
+    return checkpoint, history
+
+
+def plot_training_curve(path: Path, history: list[dict[str, Any]], *, title: str) -> Path:
+    """Validation accuracy and compression after every epoch (fine-tuning epochs included), in percent."""
+    epochs = [record["epoch"] for record in history]
+    return line_plot(
+        path,
+        [
+            Series("val accuracy", epochs, [100.0 * record["val_accuracy"] for record in history]),
+            Series("compression", epochs, [100.0 * record["compression"] for record in history]),
+        ],
+        xlabel="epoch",
+        ylabel="%",
+        title=title,
+    )
+
+
+def restore(config: FlowConfig, data: DataBundle, checkpoint: Path, *, noisy: bool) -> nn.Module:
+    model = build(config, data, noisy=noisy)
+    load_checkpoint(checkpoint, model)
+    return model.eval()
+
+
+def _test_metrics(model: nn.Module, data: DataBundle) -> dict[str, float]:
+    return classification_metrics(model, data.test).as_dict()
+
+
+def compress_stage(config: FlowConfig, data: DataBundle, run_dir: Path, checkpoint: Path) -> dict[str, Any]:
+    """Fold the noise, slice the pruned structures away and export ``model.onnx``; then check the file
+    end to end against the masked model in evaluation mode (the model that was trained and evaluated)
+    on real test examples, and measure the file itself through ONNX Runtime: the reported accuracy,
+    NLL and ECE are those of what ships. ``torch_accuracy`` (also ``masked_accuracy``) is the masked
+    model's, ``sliced_accuracy`` the sliced PyTorch model's."""
+    noisy = config.train.criterion is not None
+    model = restore(config, data, checkpoint, noisy=noisy)
+    sample = example_input(data)
+    masked = _test_metrics(model, data)
+    sliced = slice_model(model, sample)
+    sliced_accuracy = _test_metrics(sliced.model, data)["accuracy"]
+    onnx = export_onnx(sliced.model, sample, run_dir / "model.onnx", config.export)
+    reference = "the masked model" if noisy else "the trained model"
+    parity = verify_onnx(config, data, run_dir, model, onnx, describe=f"model.onnx against {reference} in evaluation mode")
+    return {
+        "params": sliced.pruned_params,
+        "flops": sliced.pruned_flops,
+        **onnx_metrics(onnx.path, data.test).as_dict(),
+        "torch_accuracy": masked["accuracy"],
+        "masked_accuracy": masked["accuracy"],
+        "sliced_accuracy": sliced_accuracy,
+        "compression": sliced.compression,
+        "widths": sliced.widths,
+        "unpruned_params": sliced.dense_params,
+        "onnx": {**onnx.summary(), "parity": parity.summary()},
+    }
+
+
+def verify_onnx(
+    config: FlowConfig, data: DataBundle, run_dir: Path, reference: nn.Module, onnx: OnnxResult, *, describe: str
+) -> DataParity:
+    """``onnx``'s file against ``reference`` on the first ``checks.parity_examples`` test examples.
+    On a mismatch the file is removed (it does not compute what was measured) and the run fails;
+    the trained stages stay, so ``bmrs resume`` redoes only the stages after training."""
+    images = data.test.images[: config.checks.parity_examples]
+    try:
+        return check_data_parity(reference, onnx.path, images, config.export, describe=describe)
+    except EndToEndParityError as error:
+        onnx.path.unlink(missing_ok=True)
+        fix = (
+            "train again with a lower train.lr"
+            if error.diverged
+            else "slicing or export does not reproduce this model exactly: list noise points on other layers "
+            f"(model.noise_points) or report the model; the trained checkpoints are kept in {run_dir}, and "
+            f"`bmrs resume {run_dir}` redoes the stages after training"
+        )
+        raise EndToEndParityError(f"{error}. {onnx.path.name} was removed; {fix}", diverged=error.diverged) from error
+
+
+def dense_stage(config: FlowConfig, data: DataBundle, run_dir: Path, checkpoint: Path | None) -> dict[str, Any]:
+    """The dense reference: the trained baseline (its metrics measured on ``dense.onnx``, checked end
+    to end like ``model.onnx``), or (without one) the untrained architecture's size only."""
+    sample = example_input(data)
+    model = build(config, data, noisy=False).eval() if checkpoint is None else restore(config, data, checkpoint, noisy=False)
+    onnx = export_onnx(model, sample, run_dir / "dense.onnx", config.export)
+    parity = verify_onnx(config, data, run_dir, model, onnx, describe="dense.onnx against the dense model")
+    metrics: dict[str, Any] = {"accuracy": None, "nll": None, "ece": None, "torch_accuracy": None}
+    if checkpoint is not None:
+        metrics = {**onnx_metrics(onnx.path, data.test).as_dict(), "torch_accuracy": _test_metrics(model, data)["accuracy"]}
+    return {
+        "params": count_params(model),
+        "flops": count_flops(model, sample),
+        **metrics,
+        "onnx": {**onnx.summary(), "parity": parity.summary()},
+    }
+
+
+def checks_stage(
+    config: FlowConfig, data: DataBundle, run_dir: Path, dense: dict[str, Any], pruned: dict[str, Any]
+) -> dict[str, Any]:
+    """The report's ``checks``: the shipped models' accuracies against ``config.checks``' bounds."""
+    facts = RunFacts(
+        train_examples=len(data.train),
+        steps_per_epoch=math.ceil(len(data.train) / config.train.batch_size),
+        lr=config.train.lr,
+        method=config.method,
+        best_val_accuracy=_best_val_accuracy(run_dir / "train" / "history.json"),
+    )
+    return evaluate_checks(
+        config.checks, chance=chance_accuracy(data.test.labels), pruned=pruned["accuracy"], dense=dense["accuracy"], facts=facts
+    )
+
+
+def _best_val_accuracy(history_path: Path) -> float | None:
+    """The best validation accuracy over the training epochs (fine-tuning left out) of a history."""
+    try:
+        history = json.loads(history_path.read_text())
+        values = [float(record["val_accuracy"]) for record in history if record.get("phase") == "train"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        return None
+    return max(values, default=None)
+
+
+def latency_stage(config: FlowConfig, data: DataBundle, run_dir: Path) -> dict[str, Any]:
+    report = measure_latency(
+        {"dense": run_dir / "dense.onnx", "pruned": run_dir / "model.onnx"}, data.input_shape, config.latency
+    ).to_dict()
+    write_json(run_dir / "bench" / "latency.json", report)
+    summary: dict[str, Any] = {}
+    for provider, by_batch in report["by_provider"].items():
+        summary[provider] = {
+            batch: {
+                "dense_p50_ms": row["dense"]["p50_ms"],
+                "pruned_p50_ms": row["pruned"]["p50_ms"],
+                "dense_p90_ms": row["dense"]["p90_ms"],
+                "pruned_p90_ms": row["pruned"]["p90_ms"],
+                "dense_p99_ms": row["dense"]["p99_ms"],
+                "pruned_p99_ms": row["pruned"]["p99_ms"],
+                "speedup_p50": row.get("speedup_p50"),
+            }
+            for batch, row in by_batch.items()
+        }
+    return summary
+
+
+def report_stage(
+    config: FlowConfig,
+    run_dir: Path,
+    dense: dict[str, Any],
+    pruned: dict[str, Any],
+    latency: dict[str, Any],
+    seconds: float,
+    post_training: dict[str, Any] | None = None,
+    checks: dict[str, Any] | None = None,
+) -> Path:
+    """``post_training``: the post-training stage's summary; null in the report when it did not run.
+    ``checks``: ``checks_stage``'s result; when a bound failed the run ends ``degraded``, its warning
+    in ``status.json``."""
+    pruned_onnx = pruned.pop("onnx")
+    report = {
+        "flow": config.name,
+        "run_dir": str(run_dir),
+        "dataset": config.data.dataset,
+        "model": config.model.name,
+        "method": config.method,
+        "settings": {
+            "criterion_settings": config.train.criterion_settings,
+            "kl_weighting": config.train.kl_weighting.value,
+            "finetune_noise": config.train.finetune_noise.value,
+        },
+        "dense": dense,
+        "pruned": pruned,
+        "onnx": pruned_onnx,
+        "latency": latency,
+        "training_curve": str(run_dir / "train" / "curve.png"),
+        "post_training": post_training,
+        "checks": checks,
+        "units": {
+            "flops": "multiply-accumulates per example (torch-pruning's count)",
+            "latency": "milliseconds per batch",
+            "nll": "nats per example",
+            "ece": "expected calibration error, 15 equal-width confidence bins",
+        },
+        "wall_seconds": seconds,
+        "torch_version": torch.__version__,
+    }
+    write_json(run_dir / "report.json", report)
+    if checks is not None and not checks["passed"]:
+        set_status(run_dir, RunState.DEGRADED, checks["warning"])
+    else:
+        set_status(run_dir, RunState.COMPLETED)
+    return run_dir / "report.json"
+
+
+def degraded_warning(run_dir: Path) -> str | None:
+    """The warning of a finished run whose report's checks failed; None when they passed, the report
+    predates the checks, or there is no readable report."""
+    try:
+        report = json.loads((Path(run_dir) / "report.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    checks = report.get("checks") if isinstance(report, dict) else None
+    if not isinstance(checks, dict) or checks.get("passed", True):
+        return None
+    return str(checks.get("warning") or "a sanity bound failed (report.json's checks)")

@@ -1,0 +1,84 @@
+"""Which layers can carry noise, where it goes, and the errors that say what the user can do."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from bmrs.models import build_network, NoiseInit
+from bmrs.nn.noise import noise_modules
+from bmrs.models.structures import analyse_structures
+from layer_patterns import build_pattern
+
+
+def verdicts(name: str) -> dict[str, tuple[str | None, str | None]]:
+    model, shape = build_pattern(name, seed=0)
+    found = analyse_structures(model, torch.randn(2, *shape))
+    return {path: (v.point.after if v.point else None, v.reason) for path, v in found.verdicts.items()}
+
+
+def test_noise_goes_on_the_batchnorm_output_of_a_conv_that_feeds_one():
+    found = verdicts("conv_bn_relu_pool")
+    assert found["0"][0] == "1" and found["4"][0] == "5"
+    assert "outputs are the model's outputs" in found["9"][1]
+
+
+def test_linear_feeding_batchnorm1d_is_noised_after_it_and_layernorm_is_refused():
+    found = verdicts("linear_bn1d_layernorm")
+    assert found["net.1"][0] == "net.2"
+    assert found["net.4"][0] is None and "LayerNorm that follows" in found["net.4"][1]
+
+
+def test_activation_with_nonzero_value_at_zero_is_refused_with_the_reason():
+    found = verdicts("conv_bn_sigmoid")
+    assert found["0"] == (None, found["0"][1]) and "sigmoid(0) = 0.5" in found["0"][1]
+
+
+def test_coupled_layers_name_their_group_and_why():
+    resnet = verdicts("resnet_blocks")
+    assert resnet["block1.conv1"][0] == "block1.bn1" and resnet["block2.conv1"][0] == "block2.bn1"
+    for path in ("stem", "block1.conv2", "block2.conv2"):
+        assert "coupled with ['block1.conv2', 'block2.conv2', 'stem'] (their outputs are added together (a residual sum)" in resnet[path][1]
+    stack = verdicts("pointwise_stack")
+    assert "the depthwise convolution '3' ties its channels one to one" in stack["0"][1]
+    assert stack["6"][0] == "7"
+
+
+def test_transformer_linear_noise_acts_on_the_feature_axis_and_unreachable_layers_are_refused():
+    model, shape = build_pattern("transformer_block", seed=0)
+    found = analyse_structures(model, torch.randn(2, *shape))
+    assert found.carriers() == ["fc1"]
+    assert found.verdicts["fc1"].point.dim == -1
+    assert "never called as a module" in found.verdicts["attn.out_proj"].reason
+    assert "coupled with ['embed', 'fc2']" in found.verdicts["fc2"].reason
+
+
+def test_explicit_points_list_every_refused_layer_and_the_layers_that_can_carry_noise():
+    model, shape = build_pattern("resnet_blocks", seed=0)
+    found = analyse_structures(model, torch.randn(2, *shape))
+    with pytest.raises(ValueError) as info:
+        found.points_for(["stem", "block1.conv1", "fc"])
+    message = str(info.value)
+    assert "'stem' cannot carry noise: its output channels are coupled with ['block1.conv2', 'block2.conv2', 'stem']" in message
+    assert "'fc' cannot carry noise: its outputs are the model's outputs" in message
+    assert message.endswith("Layers of this model that can carry noise: ['block1.conv1', 'block2.conv1']")
+    assert "sum instead" not in message  # noise points must be Linear/Conv2d: no impossible advice
+
+
+def test_a_user_model_gets_noise_only_where_it_slices_exactly(tmp_path, monkeypatch):
+    (tmp_path / "struct_models_xyz.py").write_text(
+        "from layer_patterns import TinyResNet\n\ndef make():\n    return TinyResNet()\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = build_network("struct_models_xyz:make", (3, 8, 8), 5, noise=NoiseInit(), seed=0)
+    sources = sorted(noise.source for noise in noise_modules(model).values())
+    assert sources == ["block1.conv1", "block2.conv1"]
+    assert sorted(noise_modules(model)) == ["block1.bn1.noise", "block2.bn1.noise"]
+    with pytest.raises(ValueError, match=r"'block1.conv2' cannot carry noise.*can carry noise: \['block1.conv1', 'block2.conv1'\]"):
+        build_network("struct_models_xyz:make", (3, 8, 8), 5, noise=NoiseInit(), noise_points=["block1.conv2"], seed=0)
+
+
+def test_a_model_with_no_layer_that_can_carry_noise_says_why():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    with pytest.raises(ValueError, match="no layer of this model can carry noise .*outputs are the model's outputs"):
+        analyse_structures(model, torch.randn(2, 4)).default_points()
