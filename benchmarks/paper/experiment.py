@@ -22,7 +22,7 @@ from torch import nn
 from bmrs.artifacts import write_json
 from bmrs.data import DataBundle, Split, load_dataset, resolve_root
 from bmrs.train.metrics import classification_metrics
-from bmrs.models import NoiseInit, build_network
+from bmrs.models import ModelConfig, NoiseInit, build_network
 from bmrs.nn.noise import noise_modules
 from bmrs.train import TrainConfig, train_
 from export.slicing import count_flops, count_params, parameter_compression, slice_model
@@ -69,9 +69,8 @@ def load_data(spec: RunSpec) -> DataBundle:
 
 
 def build(spec: RunSpec, data: DataBundle) -> nn.Module:
-    return build_network(
-        spec.model, data.input_shape, data.num_classes, options=spec.model_options, noise=spec.noise, seed=spec.train.seed
-    )
+    model = ModelConfig(spec.model, **spec.model_options)
+    return build_network(model, data.input_shape, data.num_classes, noise=spec.noise, seed=spec.train.seed)
 
 
 def measure(model: nn.Module, data: DataBundle) -> dict[str, Any]:

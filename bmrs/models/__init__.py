@@ -2,10 +2,11 @@
 
 Layers: ``registry`` (``register_model``, ``build_model``), ``families`` (the paper's MLP and
 LeNet5), ``user`` (``package.module:factory`` models), ``structures`` (which layers of any model can
-carry noise exactly), ``network`` (``build_network``: a model with its noise, as training builds it).
+carry noise exactly), ``config`` (``ModelConfig``), ``network`` (``build_network``: a model with its noise, as training builds it).
 """
 from bmrs.models import families  # noqa: F401  (registers the paper's families)
 from bmrs.models.families import LENET5_WIDTHS, MLP_PRESETS, LeNet5, MlpShape, every_hidden_layer, lenet5_points, lenet5_widths, mlp_settings
+from bmrs.models.config import ModelConfig
 from bmrs.models.network import build_network, noise_points_for
 from bmrs.models.registry import MODELS, NOISE_RULES, build_model, register_model
 from bmrs.models.structures import StructureMap, analyse_structures
@@ -13,7 +14,7 @@ from bmrs.models.user import is_user_model, resolve_factory
 from bmrs.nn.insert import NoiseInit, NoisePoint, Noised, insert_noise
 
 __all__ = [
-    "LENET5_WIDTHS", "MLP_PRESETS", "MODELS", "NOISE_RULES", "LeNet5", "MlpShape", "NoiseInit", "NoisePoint", "Noised",
+    "LENET5_WIDTHS", "MLP_PRESETS", "MODELS", "NOISE_RULES", "LeNet5", "MlpShape", "ModelConfig", "NoiseInit", "NoisePoint", "Noised",
     "StructureMap", "analyse_structures", "build_model", "build_network", "every_hidden_layer", "insert_noise",
     "is_user_model", "lenet5_points", "lenet5_widths", "mlp_settings", "noise_points_for", "register_model",
     "resolve_factory",

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from bmrs.models.config import ModelConfig
 from bmrs.models.registry import NOISE_RULES, build_model
 from bmrs.models.structures import analyse_structures
 from bmrs.nn.bank import attach_noise_bank
@@ -11,21 +12,17 @@ from bmrs.nn.insert import NoiseInit, NoisePoint, insert_noise, start_noise_on_
 
 
 def build_network(
-    name: str,
-    input_shape: tuple[int, ...],
-    num_classes: int,
-    *,
-    options: dict[str, object] | None = None,
-    noise: NoiseInit | None = None,
-    noise_points: tuple[str, ...] | list[str] | None = None,
-    seed: int = 0,
+    config: ModelConfig, input_shape: tuple[int, ...], num_classes: int, *, noise: NoiseInit | None = None, seed: int = 0
 ) -> nn.Module:
-    """The registered model, seeded, with noise at its noise points (and one noise bank) when
-    ``noise`` is given: what training, resuming and benchmarks all build the same way."""
+    """The model ``config`` names for inputs of ``input_shape`` (one example's) and ``num_classes``
+    classes, seeded; with noise at its noise points (and one noise bank) when ``noise`` is given.
+    What training, resuming and benchmarks all build the same way."""
+    if not isinstance(config, ModelConfig):
+        raise TypeError(f"build_network takes a ModelConfig, e.g. ModelConfig(name='lenet5'); got {config!r}")
     torch.manual_seed(seed)
-    model = build_model(name, input_shape, num_classes, **(options or {}))
+    model = build_model(config.name, input_shape, num_classes, **config.options())
     if noise is not None:
-        points = noise_points_for(name, model, noise_points, input_shape=tuple(input_shape))
+        points = noise_points_for(config.name, model, config.noise_points, input_shape=tuple(input_shape))
         insert_noise(model, points, **noise.posterior_options())
         start_noise_on_(model, noise.start_on)
         attach_noise_bank(model)

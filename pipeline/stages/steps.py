@@ -34,7 +34,8 @@ from benchmarks.latency import measure_latency
 from benchmarks.plots import Series, line_plot
 from bmrs.artifacts import write_json
 from bmrs.train.checkpoint import load_checkpoint
-from bmrs.data import DataBundle, Split, load_dataset
+from bmrs import data as bmrs_data
+from bmrs.data import DataBundle
 from bmrs.train.metrics import classification_metrics
 from bmrs.models import build_network
 from bmrs.train import TrainConfig, train_
@@ -78,33 +79,13 @@ def set_status(run_dir: Path, state: RunState | str, error: str | None = None) -
 
 
 def load_data(config: FlowConfig) -> DataBundle:
-    data = load_dataset(
-        config.data.dataset,
-        config.data.resolved_root(),
-        val_fraction=config.data.val_fraction,
-        seed=config.data.seed,
-        cache_dir=config.data.cache_dir,
-    )
-    limit = config.data.max_train_examples
-    if limit is not None:
-        if limit < 1:
-            raise ValueError(f"data.max_train_examples must be >= 1 or null, got {limit}")
-        data = replace(data, train=Split(data.train.images[:limit], data.train.labels[:limit]))
-    return data
+    return bmrs_data.load_data(config.data)
 
 
 def build(config: FlowConfig, data: DataBundle, *, noisy: bool) -> nn.Module:
     """The model, with noise layers at the family's noise points when ``noisy``."""
-    model = build_network(
-        config.model.name,
-        data.input_shape,
-        data.num_classes,
-        options=config.model.options(),
-        noise=config.noise if noisy else None,
-        noise_points=config.model.noise_points,
-        seed=config.train.seed,
-    )
-    return model
+    noise = config.noise if noisy else None
+    return build_network(config.model, data.input_shape, data.num_classes, noise=noise, seed=config.train.seed)
 
 
 def check_model(config: FlowConfig, data: DataBundle) -> None:

@@ -277,11 +277,11 @@ def test_layer_ratios_type_errors():
 
 
 def test_layer_ratios_reach_every_noise_layer_of_a_model():
-    from bmrs.models import NoiseInit, build_network
+    from bmrs.models import ModelConfig, NoiseInit, build_network
     from bmrs.nn.noise import noise_modules
     from bmrs.train.loop import prune_step
 
-    model = build_network("mlp", (1, 4, 4), 3, options={"hidden_width": 10, "hidden_layers": 2}, noise=NoiseInit())
+    model = build_network(ModelConfig("mlp", hidden_width=10, hidden_layers=2), (1, 4, 4), 3, noise=NoiseInit())
     names = list(noise_modules(model))
     wanted = {names[0]: 0.2, names[1]: 0.7}
     prune_step(model, build_criterion("l2", layer_ratios=wanted), {}, min_alive=1)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from _bmrs_reference import delta_f_lognormal_mpmath, delta_f_lognormal_quad, delta_f_loguniform_quad
+from bmrs_reference import delta_f_lognormal_mpmath, delta_f_lognormal_quad, delta_f_loguniform_quad
 from bmrs.math.reduction import delta_f_lognormal, delta_f_loguniform
 
 try:

@@ -10,6 +10,7 @@ from torch import nn
 from bmrs.models import (
     MODELS,
     LeNet5,
+    ModelConfig,
     NoiseInit,
     Noised,
     build_model,
@@ -398,13 +399,13 @@ def test_lenet5_refuses_bad_widths(widths):
 def test_start_on_starts_the_named_layers_at_theta_one_and_the_rest_at_the_init():
     init = NoiseInit(init_mu=-20.0, init_log_sigma=5.0, start_on=["features"])
     assert init.start_on == ("features",)
-    model = build_network("lenet5", (1, 28, 28), 10, noise=init, seed=0)
+    model = build_network(ModelConfig("lenet5"), (1, 28, 28), 10, noise=init, seed=0)
     for name, noise in noise_modules(model).items():
         on = name.startswith("features")
         assert torch.all(noise.mu == (0.0 if on else -20.0)) and torch.all(noise.log_sigma == (-5.0 if on else 5.0)), name
         mean = noise.mean()
         assert torch.all(mean > 0.99) if on else torch.all(mean < 0.06), name
-    same = build_network("lenet5", (1, 28, 28), 10, noise=NoiseInit(init_mu=-20.0, init_log_sigma=5.0, start_on=("features.0", "features.3")), seed=0)
+    same = build_network(ModelConfig("lenet5"), (1, 28, 28), 10, noise=NoiseInit(init_mu=-20.0, init_log_sigma=5.0, start_on=("features.0", "features.3")), seed=0)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), same.state_dict().values()))
 
 
@@ -415,4 +416,4 @@ def test_start_on_starts_the_named_layers_at_theta_one_and_the_rest_at_the_init(
 ])  # fmt: skip
 def test_start_on_refuses_paths_without_noise(start_on, error, message):
     with pytest.raises(error, match=message):
-        build_network("lenet5", (1, 28, 28), 10, noise=NoiseInit(start_on=start_on), seed=0)
+        build_network(ModelConfig("lenet5"), (1, 28, 28), 10, noise=NoiseInit(start_on=start_on), seed=0)

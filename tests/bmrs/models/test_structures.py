@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from bmrs.models import build_network, NoiseInit
+from bmrs.models import ModelConfig, NoiseInit, build_network
 from bmrs.nn.noise import noise_modules
 from bmrs.models.structures import analyse_structures
 from layer_patterns import build_pattern
@@ -70,12 +70,12 @@ def test_a_user_model_gets_noise_only_where_it_slices_exactly(tmp_path, monkeypa
         "from layer_patterns import TinyResNet\n\ndef make():\n    return TinyResNet()\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    model = build_network("struct_models_xyz:make", (3, 8, 8), 5, noise=NoiseInit(), seed=0)
+    model = build_network(ModelConfig("struct_models_xyz:make"), (3, 8, 8), 5, noise=NoiseInit(), seed=0)
     sources = sorted(noise.source for noise in noise_modules(model).values())
     assert sources == ["block1.conv1", "block2.conv1"]
     assert sorted(noise_modules(model)) == ["block1.bn1.noise", "block2.bn1.noise"]
     with pytest.raises(ValueError, match=r"'block1.conv2' cannot carry noise.*can carry noise: \['block1.conv1', 'block2.conv1'\]"):
-        build_network("struct_models_xyz:make", (3, 8, 8), 5, noise=NoiseInit(), noise_points=["block1.conv2"], seed=0)
+        build_network(ModelConfig("struct_models_xyz:make", noise_points=("block1.conv2",)), (3, 8, 8), 5, noise=NoiseInit(), seed=0)
 
 
 def test_a_model_with_no_layer_that_can_carry_noise_says_why():

@@ -2,14 +2,14 @@ import pytest
 import torch
 
 from bmrs.nn.fold import absorb_expected_noise_
-from bmrs.models import build_network, NoiseInit
+from bmrs.models import ModelConfig, NoiseInit, build_network
 from bmrs.nn.noise import noise_modules
 
 
 @pytest.mark.parametrize("name", ["mlp", "lenet5"])
 @pytest.mark.parametrize("log_b", [0.0, -0.5])
 def test_absorbing_expected_noise_keeps_the_evaluation_function(name, log_b):
-    model = build_network(name, (1, 28, 28), 10, noise=NoiseInit(log_a=-20.0, log_b=log_b), seed=0)
+    model = build_network(ModelConfig(name), (1, 28, 28), 10, noise=NoiseInit(log_a=-20.0, log_b=log_b), seed=0)
     generator = torch.Generator().manual_seed(1)
     for noise in noise_modules(model).values():
         with torch.no_grad():  # posteriors of every kind: near 1, flat, near log a

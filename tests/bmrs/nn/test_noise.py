@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import integrate
 
-from _bmrs_reference import log_npdf, log_quad, log_z
+from bmrs_reference import log_npdf, log_quad, log_z
 from bmrs.nn.noise import LogNormalNoise, noise_modules
 
 LOG_A, LOG_B = -20.0, 0.0
