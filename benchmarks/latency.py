@@ -123,6 +123,13 @@ class BatchResult:
     models: tuple[tuple[str, LatencyStats], ...]
     speedup_p50: float | None  # p50(dense) / p50(pruned); None without both names
 
+    def stats(self, model: str) -> LatencyStats:
+        """``model``'s latency at this batch size; ValueError naming the models timed otherwise."""
+        timed = dict(self.models)
+        if model not in timed:
+            raise ValueError(f"no model {model!r} was timed at batch size {self.batch_size}; timed: {sorted(timed)}")
+        return timed[model]
+
 
 @dataclass(frozen=True)
 class ProviderResult:
@@ -152,6 +159,21 @@ class LatencyReport:
     percentile_method: str = PERCENTILE_METHOD
     schedule: tuple[ScheduledRun, ...] | None = None
     timer: str = "time.perf_counter_ns around InferenceSession.run"
+
+    def batch(self, batch_size: int, provider: Provider | str = Provider.CPU) -> BatchResult:
+        """What was measured at ``batch_size`` on ``provider``: each model's ``LatencyStats``
+        (``.stats(name)``) and ``speedup_p50``. ValueError naming what was measured when that pair
+        was not."""
+        provider = _as_provider(provider)
+        for result in self.results:
+            for batch in result.batches:
+                if result.provider is provider and batch.batch_size == batch_size:
+                    return batch
+        measured = [(r.provider.value, b.batch_size) for r in self.results for b in r.batches]
+        raise ValueError(
+            f"no latency measured at batch size {batch_size!r} on {provider.value}; measured (provider, batch size): "
+            f"{measured}; add it to LatencyConfig.batch_sizes / providers"
+        )
 
     def to_dict(self) -> dict:
         """JSON-safe view: string keys only, no NaN/inf (those become None)."""

@@ -23,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks.paper.experiment import mean_std
+from bmrs.train.metrics import mean_std
 from bmrs.artifacts import write_json
 from pipeline.stages import steps
 from pipeline.config import FlowConfig

@@ -2,7 +2,7 @@
 
     python -m benchmarks.paper.from_scratch --model mlp --widths 10 12 32 [--seeds 0 1 2]
     python -m benchmarks.paper.from_scratch --model lenet5 --widths 6,10,20,20 6,16,10,20 [--seeds 0 1 2]
-        [--epochs 50] [--finetune-epochs 10] [--train KEY=VALUE ...] [--jobs N]
+        [--epochs 50] [--finetune-epochs 10] [--set SECTION.KEY=VALUE ...] [--flows flows.yaml] [--jobs N]
         [--out benchmarks/paper/results/from_scratch]
 
 A compression target fixes how many structures may survive: 93% of the Fashion-MNIST MLP's
@@ -12,7 +12,9 @@ pruned runs), tells whether a target accuracy is within reach of any pruning met
 "train the small network directly" baseline a pruned model has to beat to be worth its training.
 
 ``--widths`` takes one entry per network: the hidden width for ``mlp`` (its preset's depth), the
-four widths ``conv1,conv2,fc1,fc2`` for ``lenet5``. Each (widths, seed) run is cached as raw JSON in
+four widths ``conv1,conv2,fc1,fc2`` for ``lenet5``; each becomes ``--set model...`` overrides of the
+model's paper flow, which then trains without noise (``train.criterion`` null, the paper's "None").
+Each (widths, seed) run is cached as raw JSON in
 ``<out>/raw/``; the summary is ``<out>/<dataset>-<model>.json`` and ``.md`` with parameters, the
 compression against the paper-size network, and test accuracy and NLL as mean +- sample std.
 """
@@ -21,22 +23,36 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from benchmarks.paper import runner
-from benchmarks.paper.experiment import RunSpec, load_data, mean_std, run_cached, train_and_measure
+from benchmarks.paper.experiment import (
+    build,
+    load_data,
+    run_cached,
+    run_record,
+    train_and_measure,
+)
 from bmrs.artifacts import write_json
-from bmrs.models import LENET5_WIDTHS, build_model
-from bmrs.train import TrainConfig
+from bmrs.models import LENET5_WIDTHS
+from bmrs.train.metrics import mean_std
 from export.slicing import count_params
+from pipeline.config import FlowConfig
+from pipeline.seeds import check_seeds
 
-# How one --widths entry becomes model options, and how many numbers it takes.
+# How one --widths entry becomes --set overrides of the paper flow's model, and how many numbers it
+# takes. The mlp keeps its preset's depth; its preset itself is dropped, since a preset and a width
+# that disagrees with it are refused as a contradiction.
 WIDTH_OPTIONS = {
-    "mlp": (1, lambda widths: {"hidden_width": widths[0]}),
-    "lenet5": (len(LENET5_WIDTHS), lambda widths: {"widths": list(widths)}),
-}
+    "mlp": (1, lambda widths, options: ["model.preset=null", f"model.hidden_width={widths[0]}",
+                                        f"model.hidden_layers={options['hidden_layers']}"]),
+    "lenet5": (len(LENET5_WIDTHS), lambda widths, options: [f"model.widths={runner.yaml_value(list(widths))}"]),
+}  # fmt: skip
+# Settings this benchmark sets itself: overriding them with --set would be ambiguous.
+FIXED = {"train.criterion": "nothing is pruned", "train.epochs": "use --epochs", "train.finetune_epochs": "use --finetune-epochs",
+         "train.seed": "use --seeds", "noise": "these networks train without noise layers",
+         **{f"model.{key}": "set by --widths" for key in ("preset", "hidden_width", "hidden_layers", "widths")}}  # fmt: skip
 
 
 def parse_widths(model: str, entries: Sequence[str]) -> list[tuple[int, ...]]:
@@ -63,17 +79,18 @@ def parse_widths(model: str, entries: Sequence[str]) -> list[tuple[int, ...]]:
     return parsed
 
 
-def width_spec(base: RunSpec, widths: tuple[int, ...]) -> RunSpec:
-    _, to_options = WIDTH_OPTIONS[base.model]
-    return replace(base, model_options={**base.model_options, **to_options(widths)})
+def width_overrides(base: FlowConfig, widths: tuple[int, ...]) -> list[str]:
+    """``--set`` strings that give the paper flow's model these widths."""
+    _, to_sets = WIDTH_OPTIONS[base.model.name]
+    return to_sets(widths, base.model.options())
 
 
 def label(widths: tuple[int, ...]) -> str:
     return "x".join(str(w) for w in widths)
 
 
-def run_one(spec: RunSpec, path: str) -> dict[str, Any]:
-    return run_cached(path, spec, lambda: train_and_measure(spec)[1])
+def run_one(config: FlowConfig, path: str) -> dict[str, Any]:
+    return run_cached(path, run_record(config), lambda: train_and_measure(config)[1])
 
 
 def summarise(
@@ -112,42 +129,47 @@ def markdown_table(rows: Sequence[dict[str, Any]], paper_params: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.paper.from_scratch", description=__doc__.splitlines()[0])
     runner.add_run_arguments(parser, default_out=str(Path(__file__).parent / "results" / "from_scratch"), default_seeds=[0, 1, 2])
     parser.add_argument("--widths", nargs="+", required=True, help="one network each: mlp 'W', lenet5 'C1,C2,F1,F2'")
     parser.add_argument("--finetune-epochs", type=int, default=10, help="epochs after --epochs (the pruned runs' fine-tuning)")
-    args = parser.parse_args(argv)
-    if args.noise:
-        parser.error("--noise does not apply: these networks train without noise layers")
-    fixed = {"criterion": "nothing is pruned", "criterion_settings": "nothing is pruned", "epochs": "use --epochs",
-             "finetune_epochs": "use --finetune-epochs", "seed": "use --seeds"}  # fmt: skip
+    return parser
+
+
+def run_configs(args: argparse.Namespace) -> tuple[dict[int, FlowConfig], dict[tuple[tuple[int, ...], int], FlowConfig]]:
+    """Per seed the paper-size dense network, and every (widths, seed) run the command line asks for."""
+    seeds = check_seeds(args.seeds)
+    runner.check_jobs(args.jobs)
+    networks = parse_widths(args.model, args.widths)
+    sets = [*runner.user_overrides(args.overrides, FIXED), f"train.epochs={args.epochs}",
+            f"train.finetune_epochs={args.finetune_epochs}", *runner.criterion_overrides(None)]  # fmt: skip
+    base = {seed: runner.paper_config(args.flows, args.model, args.dataset, [*sets, f"train.seed={seed}"]) for seed in seeds}
+    configs = {
+        (widths, seed): runner.paper_config(args.flows, args.model, args.dataset,
+                                            [*sets, f"train.seed={seed}", *width_overrides(base[seed], widths)])
+        for widths in networks for seed in seeds
+    }  # fmt: skip
+    return base, configs
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     try:
-        seeds = runner.check_seeds(args.seeds)
-        runner.check_jobs(args.jobs)
-        networks = parse_widths(args.model, args.widths)
-        train = runner.parse_overrides(args.train, TrainConfig, flag="--train", fixed=fixed)
-        base = {
-            seed: runner.paper_spec(
-                args.model, args.dataset, root=args.data_root, max_train_examples=args.max_train_examples, noise=None,
-                train={**train, "epochs": args.epochs, "finetune_epochs": args.finetune_epochs, "criterion": None, "seed": seed},
-            )
-            for seed in seeds
-        }  # fmt: skip
-        specs = {(widths, seed): width_spec(base[seed], widths) for widths in networks for seed in seeds}
-        data = load_data(base[seeds[0]])  # a missing dataset fails here, not once per run
-        for spec in specs.values():  # and widths the model refuses
-            build_model(spec.model, data.input_shape, data.num_classes, **spec.model_options)
-    except (ValueError, TypeError) as error:
-        parser.error(str(error))
-    reference = base[seeds[0]]
-    paper_params = count_params(build_model(reference.model, data.input_shape, data.num_classes, **reference.model_options))
+        base, configs = run_configs(args)
+        data = load_data(next(iter(base.values())).data)  # a missing dataset fails here, not once per run
+        for config in configs.values():  # and widths the model refuses
+            build(config, data)
+    except (ValueError, TypeError) as error:  # ConfigError among them: a bad --set, as bmrs run reports it
+        runner.bad_input("from_scratch", error)
+    networks, seeds = list(dict.fromkeys(w for w, _ in configs)), list(base)
+    paper_params = count_params(build(base[seeds[0]], data))
     out = Path(args.out)
     stem = f"{args.dataset}-{args.model}"
-    labels = {key: f"{label(key[0])} seed={key[1]}" for key in specs}
+    labels = {key: f"{label(key[0])} seed={key[1]}" for key in configs}
     tasks = [
-        runner.Task(labels[key], run_one, (spec, str(out / "raw" / f"{stem}-{label(key[0])}-seed{key[1]}.json")))
-        for key, spec in specs.items()
+        runner.Task(labels[key], run_one, (config, str(out / "raw" / f"{stem}-{label(key[0])}-seed{key[1]}.json")))
+        for key, config in configs.items()
     ]
     results, failures = runner.run_all(tasks, args.jobs)
     finished = {key: results[name] for key, name in labels.items() if name in results}

@@ -1,11 +1,12 @@
 """Paper figure 4: test accuracy and compression of continuous BMRS_U-p1 pruning as p1 varies.
 
     python -m benchmarks.paper.p1_sweep [--model lenet5|mlp] [--p1 1 2 ... 16] [--seeds 0 1 2]
-        [--epochs 50] [--finetune-epochs 10] [--max-train-examples N] [--train KEY=VALUE ...]
-        [--noise KEY=VALUE ...] [--jobs N] [--out benchmarks/paper/results/p1_sweep]
+        [--epochs 50] [--finetune-epochs 10] [--set SECTION.KEY=VALUE ...] [--flows flows.yaml]
+        [--jobs N] [--out benchmarks/paper/results/p1_sweep]
 
-Every (p1, seed) is one continuous-pruning run with the paper budget (criterion ``bmrs_u``,
-``criterion_settings={p1: value}``), cached as raw JSON in ``<out>/raw/`` so that an interrupted
+Every (p1, seed) is one continuous-pruning run of the model's paper flow (criterion
+``{name: bmrs_u, p1: value}``, the user's ``--set`` overrides as ``bmrs run --set`` takes them),
+cached as raw JSON in ``<out>/raw/`` so that an interrupted
 sweep restarts where it stopped. The summary is the mean +- sample standard deviation over seeds
 of test accuracy and parameter compression per p1: ``<out>/<dataset>-<model>.json`` and ``.md``,
 and one plot of each against p1 (``-accuracy.png``, ``-compression.png``).
@@ -18,41 +19,35 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from benchmarks.paper import runner
 from benchmarks.paper.experiment import (
-    RunSpec,
     load_data,
-    mean_std,
     run_cached,
+    run_record,
     train_and_measure,
 )
 from benchmarks.plots import Series, line_plot
 from bmrs.artifacts import write_json
-from bmrs.criteria import criterion_settings
-from bmrs.models import NoiseInit
-from bmrs.math.reduction import delta_f_loguniform
-from bmrs.train import TrainConfig
+from bmrs.train.metrics import mean_std
+from pipeline.config import FlowConfig
+from pipeline.seeds import check_seeds
 
 DEFAULT_P1 = [float(v) for v in range(1, 17)]
+SWEEP_SETS = "the sweep trains bmrs_u with each --p1"
+# Settings this benchmark sets itself: overriding them with --set would be ambiguous.
+FIXED = {"train.criterion": SWEEP_SETS, "train.epochs": "use --epochs", "train.finetune_epochs": "use --finetune-epochs",
+         "train.seed": "use --seeds"}  # fmt: skip
 
 
-def check_p1(values: Sequence[float], noise: NoiseInit) -> list[float]:
-    """The p1 values, each checked by BMRS_U's own validation under ``noise``'s truncation, so a
-    bad one fails before any training rather than at the first pruning step."""
+def check_p1(values: Sequence[float]) -> list[float]:
+    """The p1 values as floats, each listed once. Whether BMRS_U takes each one under the run's
+    noise prior is checked where every criterion is, when its run's config is loaded."""
     if not values:
         raise ValueError("no p1 values given; pass e.g. --p1 1 2 4 8")
     values = [float(v) for v in values]
     repeated = sorted({v for v in values if values.count(v) > 1})
     if repeated:
         raise ValueError(f"p1={repeated[0]:g} is listed twice; list each value once")
-    p2 = criterion_settings("bmrs_u")["p2"]
-    for value in values:
-        try:
-            delta_f_loguniform(torch.zeros(1), torch.ones(1), p1=value, p2=p2, log_a=noise.log_a, log_b=noise.log_b)
-        except ValueError as error:
-            raise ValueError(f"--p1 {value:g} is not usable: {error}") from error
     return values
 
 
@@ -60,9 +55,9 @@ def run_path(out: Path, stem: str, p1: float, seed: int) -> Path:
     return out / "raw" / f"{stem}-p1_{p1:g}-seed{seed}.json"
 
 
-def run_one(spec: RunSpec, path: str) -> dict[str, Any]:
-    """One run's raw result: the cached one when ``path`` holds exactly ``spec``, else trained now."""
-    return run_cached(path, spec, lambda: train_and_measure(spec)[1])
+def run_one(config: FlowConfig, path: str) -> dict[str, Any]:
+    """One run's raw result: the cached one when ``path`` holds exactly this run, else trained now."""
+    return run_cached(path, run_record(config), lambda: train_and_measure(config)[1])
 
 
 def summarise(p1_values: Sequence[float], seeds: Sequence[int], results: dict[tuple[float, int], dict[str, Any]]) -> list[dict[str, Any]]:
@@ -119,37 +114,39 @@ def write_report(out: Path, stem: str, rows: list[dict[str, Any]], settings: dic
     return report
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.paper.p1_sweep", description=__doc__.splitlines()[0])
     runner.add_run_arguments(parser, default_out=str(Path(__file__).parent / "results" / "p1_sweep"), default_seeds=[0, 1, 2])
     parser.add_argument("--p1", type=float, nargs="+", default=DEFAULT_P1, help="p1 values (default 1..16)")
     parser.add_argument("--finetune-epochs", type=int, default=10, help="fine-tuning epochs after training (paper: 10)")
-    args = parser.parse_args(argv)
-    sweep_sets = "the sweep trains bmrs_u with each --p1"
-    fixed = {"criterion": sweep_sets, "criterion_settings": sweep_sets, "epochs": "use --epochs",
-             "finetune_epochs": "use --finetune-epochs", "seed": "use --seeds"}  # fmt: skip
+    return parser
+
+
+def run_configs(args: argparse.Namespace) -> dict[tuple[float, int], FlowConfig]:
+    """Every (p1, seed) run the command line asks for, each checked as ``bmrs run`` checks a flow."""
+    seeds = check_seeds(args.seeds)
+    runner.check_jobs(args.jobs)
+    sets = [*runner.user_overrides(args.overrides, FIXED), f"train.epochs={args.epochs}", f"train.finetune_epochs={args.finetune_epochs}"]
+    return {
+        (p1, seed): runner.paper_config(args.flows, args.model, args.dataset,
+                                        [*sets, f"train.seed={seed}", *runner.criterion_overrides("bmrs_u", {"p1": p1})])
+        for p1 in check_p1(args.p1)
+        for seed in seeds
+    }  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     try:
-        seeds = runner.check_seeds(args.seeds)
-        runner.check_jobs(args.jobs)
-        train = runner.parse_overrides(args.train, TrainConfig, flag="--train", fixed=fixed)
-        noise = runner.parse_noise(args.noise)
-        p1_values = check_p1(args.p1, NoiseInit(**noise))
-        specs = {
-            (p1, seed): runner.paper_spec(
-                args.model, args.dataset, root=args.data_root, max_train_examples=args.max_train_examples, noise=noise,
-                train={**train, "epochs": args.epochs, "finetune_epochs": args.finetune_epochs, "criterion": "bmrs_u",
-                       "criterion_settings": {"p1": p1}, "seed": seed},
-            )
-            for p1 in p1_values
-            for seed in seeds
-        }  # fmt: skip
-        load_data(next(iter(specs.values())))  # a missing dataset fails here, not once per run
-    except (ValueError, TypeError) as error:
-        parser.error(str(error))
+        configs = run_configs(args)
+        load_data(next(iter(configs.values())).data)  # a missing dataset fails here, not once per run
+    except (ValueError, TypeError) as error:  # ConfigError among them: a bad --set, as bmrs run reports it
+        runner.bad_input("p1_sweep", error)
+    p1_values, seeds = list(dict.fromkeys(p1 for p1, _ in configs)), list(dict.fromkeys(seed for _, seed in configs))
     out = Path(args.out)
     stem = f"{args.dataset}-{args.model}"
-    labels = {key: f"p1={key[0]:g} seed={key[1]}" for key in specs}
-    tasks = [runner.Task(labels[key], run_one, (spec, str(run_path(out, stem, *key)))) for key, spec in specs.items()]
+    labels = {key: f"p1={key[0]:g} seed={key[1]}" for key in configs}
+    tasks = [runner.Task(labels[key], run_one, (config, str(run_path(out, stem, *key)))) for key, config in configs.items()]
     results, failures = runner.run_all(tasks, args.jobs)
     finished = {key: results[label] for key, label in labels.items() if label in results}
     if finished:

@@ -1,11 +1,12 @@
 """Paper figure 3: how alike the pruning criteria rank the structures of one trained model.
 
     python -m benchmarks.paper.rank_correlation [--model lenet5|mlp] [--seeds 0 1 2] [--epochs 50]
-        [--max-train-examples N] [--train KEY=VALUE ...] [--noise KEY=VALUE ...] [--jobs N]
+        [--set SECTION.KEY=VALUE ...] [--flows flows.yaml] [--jobs N]
         [--out benchmarks/paper/results/rank_correlation]
 
-Per seed a model with noise layers is trained without pruning (paper budget, ``criterion=None``,
-no fine-tuning); every registered criterion then scores every structure (``Decision.scores``,
+Per seed a model with noise layers is trained without pruning (the model's paper flow with
+``train.criterion`` null and no fine-tuning, but built with its noise, unlike the dense "None"
+model; ``--set`` overrides as ``bmrs run --set`` takes them); every registered criterion then scores every structure (``Decision.scores``,
 higher keeps), BMRS_U twice (p1 = 8 and 4), and the Spearman correlation of every pair of
 criteria is taken over all of the model's structures pooled, and within each layer. The figure is
 the pooled matrix averaged over seeds.
@@ -34,11 +35,11 @@ from torch import Tensor, nn
 
 from benchmarks.paper import runner
 from benchmarks.paper.experiment import (
-    RunSpec,
     build,
     load_data,
-    mean_std,
     run_cached,
+    run_record,
+    same_run,
     train_and_measure,
 )
 from benchmarks.plots import heatmap
@@ -46,9 +47,15 @@ from bmrs.artifacts import write_json
 from bmrs.criteria import CRITERIA, LayerView, build_criterion
 from bmrs.data import DataBundle
 from bmrs.nn.noise import noise_modules
+from bmrs.train.metrics import mean_std
 from bmrs.train.post_training import gradient_statistics
-from bmrs.train import TrainConfig
+from pipeline.config import FlowConfig
+from pipeline.seeds import check_seeds
 
+# Settings this benchmark sets itself: overriding them with --set would be ambiguous.
+UNPRUNED = "the models are trained without pruning"
+FIXED = {"train.criterion": UNPRUNED, "train.finetune_epochs": "nothing is pruned, so nothing is fine-tuned",
+         "train.epochs": "use --epochs", "train.seed": "use --seeds"}  # fmt: skip
 # Criteria scored more than once; every other registered criterion is scored with its defaults.
 VARIANTS: dict[str, tuple[dict[str, Any], ...]] = {"bmrs_u": ({"p1": 8.0}, {"p1": 4.0})}
 
@@ -138,51 +145,62 @@ def score_structures(
     return scores
 
 
-def _trained(spec: RunSpec, weights_path: Path) -> tuple[nn.Module, DataBundle, dict[str, Any]]:
-    """The model trained by ``spec`` and its training record: from ``weights_path`` when that holds
-    exactly this spec's training, otherwise trained now and stored there."""
-    data = load_data(spec)
-    wanted = json.dumps(spec.to_dict(), sort_keys=True)
+def _trained(config: FlowConfig, weights_path: Path) -> tuple[nn.Module, DataBundle, dict[str, Any]]:
+    """The noisy model ``config`` trains and its training record: from ``weights_path`` when that
+    holds exactly this training, otherwise trained now and stored there."""
+    data = load_data(config.data)
+    wanted = run_record(config, noisy=True)
     if weights_path.is_file():
         try:
             stored = torch.load(weights_path, weights_only=True)
-        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError):
-            stored = None  # a damaged file is retrained; it is written atomically, so only edits cause this
-        if isinstance(stored, dict) and stored.get("spec") == wanted:
-            model = build(spec, data)
+            spec = json.loads(stored["spec"]) if isinstance(stored, dict) else None  # kept as a JSON string
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, KeyError, TypeError, json.JSONDecodeError):
+            spec = None  # a damaged file is retrained; it is written atomically, so only edits cause this
+        if same_run(spec, wanted):
+            model = build(config, data, noisy=True)
             model.load_state_dict(stored["state_dict"])
             model.eval()
             return model, data, json.loads(stored["record"])
-    model, record = train_and_measure(spec)
+    model, record = train_and_measure(config, noisy=True)
     weights_path.parent.mkdir(parents=True, exist_ok=True)
     partial = weights_path.with_name(f".{weights_path.name}.partial")
-    torch.save({"spec": wanted, "record": json.dumps(record, allow_nan=False), "state_dict": model.state_dict()}, partial)
+    torch.save({"spec": json.dumps(wanted, sort_keys=True), "record": json.dumps(record, allow_nan=False),
+                "state_dict": model.state_dict()}, partial)  # fmt: skip
     os.replace(partial, weights_path)
     return model, data, record
 
 
-def seed_scores(spec: RunSpec, raw_path: str, weights_path: str) -> dict[str, Any]:
+def seed_scores(config: FlowConfig, raw_path: str, weights_path: str) -> dict[str, Any]:
     """One seed's scores (cached at ``raw_path``); rescored from the stored weights when the
     registered criteria changed since."""
     wanted = json.loads(json.dumps([asdict(entry) for entry in scored_criteria()], allow_nan=False))
+    record = run_record(config, noisy=True)
 
     def compute() -> dict[str, Any]:
-        model, data, record = _trained(spec, Path(weights_path))
+        model, data, training_record = _trained(config, Path(weights_path))
         entries = [ScoredCriterion(**entry) for entry in wanted]
-        scores = score_structures(model, data, entries, batch_size=spec.train.batch_size, seed=spec.train.seed)
-        training = {key: value for key, value in record.items() if key != "spec"}
-        return {"spec": spec.to_dict(), "training": training, "criteria": wanted, "scores": scores}
+        scores = score_structures(model, data, entries, batch_size=config.train.batch_size, seed=config.train.seed)
+        training = {key: value for key, value in training_record.items() if key != "spec"}
+        return {"spec": record, "training": training, "criteria": wanted, "scores": scores}
 
-    result = run_cached(raw_path, spec, compute)
-    if result.get("criteria") != wanted:
+    result = run_cached(raw_path, record, compute)
+    if not _same_criteria(result.get("criteria"), wanted):
         result = compute()
         write_json(raw_path, result)
     return result
 
 
-def correlations(result: dict[str, Any]) -> dict[str, Any]:
-    """Pooled and per-layer Spearman matrices of one seed's scores (None where undefined)."""
-    labels = [entry["label"] for entry in result["criteria"]]
+def _same_criteria(stored: Any, wanted: list[dict[str, Any]]) -> bool:
+    """Whether a seed was scored by exactly the criteria ``wanted`` lists, in any order: the order
+    is the registry's at scoring time, and registering criteria in another order changes no score."""
+    if not isinstance(stored, list) or not all(isinstance(entry, dict) and "label" in entry for entry in stored):
+        return False
+    return sorted(stored, key=lambda entry: entry["label"]) == sorted(wanted, key=lambda entry: entry["label"])
+
+
+def correlations(result: dict[str, Any], labels: Sequence[str]) -> dict[str, Any]:
+    """Pooled and per-layer Spearman matrices of one seed's scores (None where undefined), rows and
+    columns in the order of ``labels``: seeds scored at different times may list them in another."""
     layers = list(result["scores"][labels[0]])
     per_layer = {layer: torch.tensor([result["scores"][label][layer] for label in labels], dtype=torch.float64) for layer in layers}
     pooled = torch.cat(list(per_layer.values()), dim=1)
@@ -216,37 +234,34 @@ def markdown_table(labels: Sequence[str], matrix: Sequence[Sequence[float | None
     return "\n".join(rows) + "\n"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.paper.rank_correlation", description=__doc__.splitlines()[0])
     runner.add_run_arguments(parser, default_out=str(Path(__file__).parent / "results" / "rank_correlation"), default_seeds=[0, 1, 2])
-    args = parser.parse_args(argv)
-    fixed = {
-        "criterion": "the models are trained without pruning",
-        "criterion_settings": "the models are trained without pruning",
-        "finetune_epochs": "nothing is pruned, so nothing is fine-tuned",
-        "epochs": "use --epochs",
-        "seed": "use --seeds",
-    }
+    return parser
+
+
+def run_configs(args: argparse.Namespace) -> dict[int, FlowConfig]:
+    """Per seed, the training the command line asks for (its model is built with noise: ``noisy=True``)."""
+    seeds = check_seeds(args.seeds)
+    runner.check_jobs(args.jobs)
+    sets = [*runner.user_overrides(args.overrides, FIXED), f"train.epochs={args.epochs}", "train.finetune_epochs=0",
+            *runner.criterion_overrides(None)]  # fmt: skip
+    return {seed: runner.paper_config(args.flows, args.model, args.dataset, [*sets, f"train.seed={seed}"]) for seed in seeds}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     try:
-        seeds = runner.check_seeds(args.seeds)
-        runner.check_jobs(args.jobs)
-        train = runner.parse_overrides(args.train, TrainConfig, flag="--train", fixed=fixed)
-        noise = runner.parse_noise(args.noise)
-        specs = {
-            seed: runner.paper_spec(
-                args.model, args.dataset, root=args.data_root, max_train_examples=args.max_train_examples, noise=noise,
-                train={**train, "epochs": args.epochs, "finetune_epochs": 0, "criterion": None, "seed": seed},
-            )
-            for seed in seeds
-        }  # fmt: skip
-        load_data(specs[seeds[0]])  # a missing dataset fails here, not once per seed
-    except (ValueError, TypeError) as error:
-        parser.error(str(error))
+        configs = run_configs(args)
+        load_data(next(iter(configs.values())).data)  # a missing dataset fails here, not once per seed
+    except (ValueError, TypeError) as error:  # ConfigError among them: a bad --set, as bmrs run reports it
+        runner.bad_input("rank_correlation", error)
+    seeds = list(configs)
     out = Path(args.out)
     stem = f"{args.dataset}-{args.model}"
     tasks = [
-        runner.Task(f"seed {seed}", seed_scores, (spec, str(out / "raw" / f"{stem}-seed{seed}.json"), str(out / "models" / f"{stem}-seed{seed}.pt")))
-        for seed, spec in specs.items()
+        runner.Task(f"seed {seed}", seed_scores, (config, str(out / "raw" / f"{stem}-seed{seed}.json"), str(out / "models" / f"{stem}-seed{seed}.pt")))
+        for seed, config in configs.items()
     ]
     results, failures = runner.run_all(tasks, args.jobs)
     finished = [(seed, results[f"seed {seed}"]) for seed in seeds if f"seed {seed}" in results]
@@ -257,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def write_report(out: Path, stem: str, finished: list[tuple[int, dict[str, Any]]], command: str) -> dict[str, Any]:
     labels = [entry["label"] for entry in finished[0][1]["criteria"]]
-    per_seed = [{"seed": seed, "test": result["training"]["test"], **correlations(result)} for seed, result in finished]
+    per_seed = [{"seed": seed, "test": result["training"]["test"], **correlations(result, labels)} for seed, result in finished]
     mean, std = _mean_matrix([entry["pooled"] for entry in per_seed])
     layers = list(per_seed[0]["layers"])
     first_spec = finished[0][1]["spec"]

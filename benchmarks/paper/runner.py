@@ -1,13 +1,19 @@
-"""Command-line plumbing shared by the training benchmarks (table 1, the p1 sweep, rank correlations).
+"""Command-line plumbing shared by the training benchmarks (table 1, the p1 sweep, rank correlations,
+networks trained from scratch).
 
 What every one of them needs the same way:
 
-* ``paper_spec``: a ``RunSpec`` with the paper's per-(dataset, model) budget (appendix C), on top of
-  which a benchmark sets what it varies (criterion, seed, epochs) and the user's overrides.
-* ``parse_overrides`` / ``parse_noise``: ``--train KEY=VALUE`` / ``--noise KEY=VALUE`` pairs, checked
-  against the fields of ``TrainConfig`` / ``NoiseInit`` before anything is trained.
-* ``check_seeds``, ``check_jobs`` and ``command_line``: the seeds, the parallelism and the command
-  that reproduces the invocation, as its results record it.
+* ``paper_config``: one run's ``FlowConfig``, loaded as ``bmrs run`` loads it: the paper flow of
+  flows.yaml for the (dataset, model) (``PAPER_FLOWS``; the paper's budgets, appendix C, are written
+  there and nowhere else) with ``--set section.key=value`` overrides on top: the user's
+  (``user_overrides``, refused where the benchmark sets the key itself), then what the benchmark
+  varies (epochs, seed, and the criterion, always through ``criterion_overrides``).
+* ``add_config_arguments`` / ``add_run_arguments``: ``--flows`` and the repeatable ``--set``, and
+  the options the one-model benchmarks share; ``bad_input``: one error line and exit status 2, as
+  ``bmrs run`` answers bad input.
+* ``check_jobs`` and ``command_line``: the parallelism and the command that reproduces the
+  invocation, as its results record it. Seeds are checked by ``pipeline.seeds.check_seeds``, the
+  check ``bmrs run --seeds`` makes.
 * ``run_all``: many runs, one after another or in a pool of worker processes. A run may depend on
   others and is then given their results; one failed run is reported at the end instead of taking
   the finished ones down with it, and the runs that depend on it are reported as not run.
@@ -16,8 +22,9 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import dataclasses
 import enum
+import json
+import math
 import multiprocessing
 import os
 import shlex
@@ -27,173 +34,123 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
 
 import torch
 import yaml
 
-from benchmarks.paper.experiment import RunSpec
-from bmrs.data import DATASETS
-from bmrs.models import MODELS, NoiseInit, mlp_settings
 from bmrs.nn.noise import LogNormalNoise
-from bmrs.train import TrainConfig
+from pipeline.config import ConfigError, FlowConfig, load_flow, parse_overrides
 
-
-@dataclass(frozen=True)
-class PaperBudget:
-    batch_size: int
-    lr: float
-    model_options: dict[str, Any] = field(default_factory=dict)
-
-
-# Paper appendix C; LeNet5 on Fashion-MNIST as the repository's paper flows (flows.yaml) train it.
-PAPER_BUDGETS: dict[tuple[str, str], PaperBudget] = {
-    ("fashion_mnist", "lenet5"): PaperBudget(batch_size=32, lr=1.4e-3),
-    ("fashion_mnist", "mlp"): PaperBudget(batch_size=128, lr=1.5e-3, model_options=mlp_settings("fashion_mnist")),
-    ("mnist", "lenet5"): PaperBudget(batch_size=128, lr=1.4e-3),
-    ("mnist", "mlp"): PaperBudget(batch_size=128, lr=8.5e-4, model_options=mlp_settings("mnist")),
-    ("cifar10", "mlp"): PaperBudget(batch_size=32, lr=6.8e-4, model_options=mlp_settings("cifar10")),
+FLOWS = Path(__file__).resolve().parents[2] / "flows.yaml"
+# The flow holding the paper's budget (appendix C) for each (dataset, model) it trains; the order is
+# that of the default --models.
+PAPER_FLOWS: dict[tuple[str, str], str] = {
+    ("fashion_mnist", "lenet5"): "lenet5_fmnist_paper",
+    ("fashion_mnist", "mlp"): "mlp_fmnist_paper",
+    ("mnist", "lenet5"): "lenet5_mnist_paper",
+    ("mnist", "mlp"): "mlp_mnist_paper",
+    ("cifar10", "mlp"): "mlp_cifar10_paper",
 }
+# A benchmark run is data, a model with or without noise, and training; the other sections of a
+# flow (export, latency, checks, ...) belong to `bmrs run`, and setting them here would do nothing.
+RUN_SECTIONS = ("data", "model", "noise", "train")
+# Chosen by every benchmark's own flags: a --set would contradict them.
+CHOSEN_BY_FLAGS = {
+    "model.name": "the model is chosen with --model/--models",
+    "data.dataset": "the dataset is chosen with --dataset",
+    "train.progress": "benchmarks print one line per finished run instead of progress bars",
+}
+EXIT_BAD_INPUT = 2  # as bmrs run
 
 
-def paper_budget(dataset: str, model: str) -> PaperBudget:
-    if (dataset, model) not in PAPER_BUDGETS:
-        known = ", ".join(f"{m} on {d}" for d, m in PAPER_BUDGETS)
-        raise ValueError(f"no paper budget for {model} on {dataset}; choose one of: {known}")
-    return PAPER_BUDGETS[(dataset, model)]
+def paper_flow(dataset: str, model: str) -> str:
+    if (dataset, model) not in PAPER_FLOWS:
+        known = ", ".join(f"{m} on {d}" for d, m in PAPER_FLOWS)
+        raise ConfigError(f"no paper flow for {model} on {dataset}; choose one of: {known}")
+    return PAPER_FLOWS[(dataset, model)]
 
 
 def paper_models(dataset: str) -> list[str]:
-    """The models the paper gives ``dataset`` a budget for, in ``PAPER_BUDGETS`` order."""
-    return [model for known, model in PAPER_BUDGETS if known == dataset]
+    """The models the paper trains on ``dataset``, in ``PAPER_FLOWS`` order."""
+    return [model for known, model in PAPER_FLOWS if known == dataset]
 
 
-def paper_spec(
-    model: str,
-    dataset: str,
-    *,
-    train: Mapping[str, Any],
-    noise: Mapping[str, Any] | None = None,
-    root: str | None = None,
-    max_train_examples: int | None = None,
-) -> RunSpec:
-    """The paper's budget for ``model`` on ``dataset``; ``train`` (``TrainConfig`` fields: what the
-    benchmark varies and the user's overrides) goes on top of it. ``noise=None`` trains no noise."""
-    if max_train_examples is not None and (isinstance(max_train_examples, bool) or max_train_examples < 1):
-        raise ValueError(f"max_train_examples must be a positive number of examples, got {max_train_examples!r}")
-    budget = paper_budget(dataset, model)
-    config = TrainConfig(**{"batch_size": budget.batch_size, "lr": budget.lr, "progress": False, **train})
-    return RunSpec(
-        model=model,
-        model_options=dict(budget.model_options),
-        dataset=dataset,
-        root=root,
-        max_train_examples=max_train_examples,
-        noise=None if noise is None else NoiseInit(**noise),
-        train=config,
-    )
-
-
-def parse_overrides(
-    pairs: Sequence[str] | None, cls: type, flag: str, fixed: Mapping[str, str] | None = None
-) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs as fields of the dataclass ``cls``. Values are YAML (``lr=1e-3``,
-    ``criterion_settings={p1: 4}``); enum fields take their value's name (``kl_weighting=layer_mean``).
-    ``fixed`` maps the fields the benchmark sets itself to the reason, which a refusal names."""
-    fixed = dict(fixed or {})
-    defaults = {f.name: _default(f) for f in dataclasses.fields(cls)}
-    settable = sorted(name for name in defaults if name not in fixed)
-    overrides: dict[str, Any] = {}
-    for pair in pairs or ():
-        key, equals, text = pair.partition("=")
-        key = key.strip()
-        if not equals or not key:
-            raise ValueError(f"{flag} {pair!r} is not KEY=VALUE; write e.g. {flag} {settable[0]}=VALUE")
-        if key in fixed:
-            raise ValueError(f"{flag} {key} cannot be overridden here: {fixed[key]}")
-        if key not in defaults:
-            raise ValueError(f"{flag} has no key {key!r}; valid keys are {settable}")
-        if key in overrides:
-            raise ValueError(f"{flag} {key} is given twice; give it once")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            raise ValueError(f"{flag} {key}={text!r} is not a valid YAML value ({error}); quote or fix it") from error
-        overrides[key] = _coerce(value, defaults[key], f"{flag} {key}")
-    return overrides
-
-
-def parse_noise(pairs: Sequence[str] | None, flag: str = "--noise") -> dict[str, Any]:
-    """``NoiseInit`` overrides, with the truncation checked where a noise layer checks it: one is
-    built now, so that bad bounds fail before training rather than when the first model is built."""
-    noise = parse_overrides(pairs, NoiseInit, flag)
-    try:
-        LogNormalNoise(1, **NoiseInit(**noise).posterior_options())
+def paper_config(flows: str | Path, model: str, dataset: str, overrides: Sequence[str]) -> FlowConfig:
+    """``model`` on ``dataset`` as the paper trains it, with ``overrides`` (``--set`` strings)
+    applied by ``load_flow``, exactly as ``bmrs run flows.yaml --flow <paper flow> --set ...``."""
+    config = load_flow(flows, paper_flow(dataset, model), list(overrides))
+    if (config.data.dataset, config.model.name) != (dataset, model):
+        raise ConfigError(
+            f"{config.name} in {flows} trains {config.model.name} on {config.data.dataset}, not {model} on {dataset}; "
+            "restore the flow, or run that pair with its own --model/--dataset"
+        )
+    try:  # the truncation is checked where a noise layer checks it, before hours of other runs
+        LogNormalNoise(1, **config.noise.posterior_options())
     except ValueError as error:
-        raise ValueError(f"{flag}: {error}") from None
-    return noise
+        raise ConfigError(f"{config.name}.noise: {error}") from None
+    return config
 
 
-def _default(spec: dataclasses.Field) -> Any:
-    if spec.default is not dataclasses.MISSING:
-        return spec.default
-    if spec.default_factory is not dataclasses.MISSING:
-        return spec.default_factory()
-    return None
+def criterion_overrides(name: str | None, settings: Mapping[str, Any] | None = None) -> list[str]:
+    """The ``--set`` strings that give a run the criterion ``name`` with ``settings`` (None: train
+    without pruning). Every benchmark chooses its criterion here, so the syntax lives in one place."""
+    if name is None:
+        if settings:
+            raise ValueError(f"criterion settings {dict(settings)} are given without a criterion; name one")
+        return ["train.criterion=null"]
+    return [f"train.criterion={yaml_value({'name': name, **dict(settings or {})})}"]
 
 
-def _coerce(value: Any, default: Any, where: str) -> Any:
-    """``value`` as the type of the field's default; fields without a typed default take it as is."""
-    if isinstance(default, enum.Enum):
-        choices = [member.value for member in type(default)]
-        if value not in choices:
-            raise ValueError(f"{where}={value!r} is not one of {choices}")
-        return type(default)(value)
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise TypeError(f"{where} must be true or false, got {value!r}")
-        return value
-    if isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{where} must be an integer, got {value!r}")
-        return value
-    if isinstance(default, float):
-        # YAML 1.1 reads 1e-3 (no dot) as a string.
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{where} must be a number, got {value!r}")
-        return float(value)
-    if isinstance(default, dict) and not isinstance(value, dict):
-        raise TypeError(f"{where} must be a mapping such as {{p1: 4}}, got {value!r}")
-    return value
+def yaml_value(value: Any) -> str:
+    """``value`` as a ``--set`` value that reads back as ``value`` (modes as their values)."""
+    if isinstance(value, enum.Enum):
+        value = value.value
+    text = yaml.safe_dump(json.loads(json.dumps(value, allow_nan=False)), default_flow_style=True, width=math.inf, sort_keys=False)
+    return text.removesuffix("...\n").strip()  # a plain scalar is written as a document with an end marker
+
+
+def user_overrides(pairs: Sequence[str], fixed: Mapping[str, str]) -> list[str]:
+    """The user's ``--set`` pairs, checked before any run is built: ``ConfigError`` for a malformed
+    pair, a setting outside the sections a run uses, or one the benchmark sets itself (``fixed``:
+    a dotted setting or a whole section -> the reason, which the refusal names)."""
+    taken = {**CHOSEN_BY_FLAGS, **fixed}
+    for key, _ in parse_overrides(list(pairs)):
+        section, dot, _rest = key.partition(".")
+        if not dot:  # a whole section would replace the paper flow's, budget included
+            raise ConfigError(f"--set {key}={{...}} replaces a whole section; set one setting at a time, e.g. --set train.lr=1e-3")
+        for setting, reason in taken.items():
+            if key == setting or key.startswith(f"{setting}."):
+                raise ConfigError(f"--set {key} cannot be overridden here: {reason}")
+        if section not in RUN_SECTIONS:
+            sections = f"{', '.join(RUN_SECTIONS[:-1])} and {RUN_SECTIONS[-1]}"
+            raise ConfigError(f"--set {key}: benchmark runs use only the {sections} sections of a flow")
+    return list(pairs)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--flows", type=Path, default=FLOWS, help="the flows file holding the paper flows (default: the repository's)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a setting of every run, as bmrs run --set does, e.g. --set train.lr=1e-3")  # fmt: skip
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, *, default_out: str, default_seeds: Sequence[int]) -> None:
-    """The options the one-model benchmarks (p1 sweep, rank correlations) share."""
-    parser.add_argument("--model", default="lenet5", choices=sorted({m for _, m in PAPER_BUDGETS} & set(MODELS)))
-    parser.add_argument("--dataset", default="fashion_mnist", choices=sorted({d for d, _ in PAPER_BUDGETS} & set(DATASETS)))
-    parser.add_argument("--data-root", default=None, help="the dataset's files (default: its standard location)")
+    """The options the one-model benchmarks (p1 sweep, rank correlations, from scratch) share."""
+    parser.add_argument("--model", default="lenet5", choices=sorted({m for _, m in PAPER_FLOWS}))
+    parser.add_argument("--dataset", default="fashion_mnist", choices=sorted({d for d, _ in PAPER_FLOWS}))
     parser.add_argument("--seeds", type=int, nargs="+", default=list(default_seeds))
     parser.add_argument("--epochs", type=int, default=50, help="training epochs (paper: 50)")
-    parser.add_argument("--max-train-examples", type=int, default=None, help="train on the first N examples only")
-    parser.add_argument("--train", action="append", default=[], metavar="KEY=VALUE", help="override a TrainConfig field")
-    parser.add_argument("--noise", action="append", default=[], metavar="KEY=VALUE", help="override a NoiseInit field")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel, one torch thread each")
     parser.add_argument("--out", default=default_out)
+    add_config_arguments(parser)
 
 
-def check_seeds(seeds: Sequence[int]) -> list[int]:
-    if not seeds:
-        raise ValueError("no seeds given; pass --seeds 0 1 2 ...")
-    duplicates = sorted({s for s in seeds if list(seeds).count(s) > 1})
-    if duplicates:
-        raise ValueError(f"seed {duplicates[0]} is listed twice; list each seed once")
-    return list(seeds)
+def bad_input(prog: str, error: BaseException | str) -> NoReturn:
+    """One line naming what is wrong, and exit status 2, as ``bmrs run`` answers bad input."""
+    print(f"{prog}: error: {error}", file=sys.stderr)
+    raise SystemExit(EXIT_BAD_INPUT)
 
 
 def check_jobs(jobs: int) -> int:

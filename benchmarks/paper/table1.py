@@ -1,12 +1,16 @@
 """Table 1 of the paper (section 5, "Continuous pruning"; appendix C) on Fashion-MNIST, as one command.
 
     python -m benchmarks.paper.table1 [--models lenet5 mlp] [--seeds 0 1 2] [--methods ...] [--epochs 50]
-        [--finetune-epochs 10] [--jobs 2] [--out benchmarks/paper/results/table1] [--train KEY=VALUE ...]
-        [--noise KEY=VALUE ...] [--max-train-examples N] [--aggregate-only]
+        [--finetune-epochs 10] [--jobs 2] [--out benchmarks/paper/results/table1]
+        [--set SECTION.KEY=VALUE ...] [--flows flows.yaml] [--aggregate-only]
 
-Every (model, method, seed) is one ``RunSpec`` trained and measured by ``train_and_measure`` and
-stored at ``<out>/raw/fashion_mnist-<model>-<method>-seed<k>.json`` through ``run_cached``: a
-re-run skips finished runs and recomputes those whose settings changed. The paper's L2 baseline
+Every (model, method, seed) is one ``FlowConfig``: the model's paper flow in flows.yaml
+(``lenet5_fmnist_paper``, ``mlp_fmnist_paper``) with the user's ``--set`` overrides (as ``bmrs run
+--set``: ``--set noise.init_mu=-20 --set train.finetune_noise=expected``; ``--set
+data.max_train_examples=256`` for a smoke run) and then the method's criterion, the epochs and the
+seed. Each is trained and measured by ``train_and_measure`` and stored at
+``<out>/raw/fashion_mnist-<model>-<method>-seed<k>.json`` through ``run_cached``: a re-run skips
+finished runs and recomputes those whose settings changed. The paper's L2 baseline
 prunes "post-training based on the compression rate achieved by BMRS_N"; ``l2`` and ``grad`` train
 the same noisy model, prune once after the last training epoch (``prune_start = epochs``) at the
 per-layer fractions the same seed's ``bmrs_n`` run ended with, then fine-tune, so they run after it.
@@ -28,15 +32,17 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.paper import runner
-from benchmarks.paper.experiment import RunSpec, run_cached, train_and_measure
+from benchmarks.paper.experiment import run_cached, run_record, train_and_measure
 from benchmarks.paper.table1_report import PAPER_LABELS, collect, raw_path, write_report
 from bmrs.nn.noise import noise_modules
 from bmrs.train import TrainConfig
+from pipeline.config import FlowConfig
+from pipeline.seeds import check_seeds
 
 DATASET = "fashion_mnist"
 DEFAULT_OUT = Path(__file__).parent / "results" / "table1"
 DEFAULT_SEEDS = (0, 1, 2)  # the paper averages ten; pass --seeds 0 1 2 3 4 5 6 7 8 9 for that
-MODELS = runner.paper_models(DATASET)  # each with appendix C's budget (benchmarks.paper.runner.PAPER_BUDGETS)
+MODELS = runner.paper_models(DATASET)  # each with appendix C's budget, from its paper flow in flows.yaml
 
 
 class Schedule(enum.Enum):
@@ -64,11 +70,12 @@ METHODS = {m.name: m for m in (
     Method("bmrs_u8", "bmrs_u", {"p1": 8.0}),
     Method("bmrs_u4", "bmrs_u", {"p1": 4.0}),
 )}  # fmt: skip
-# Settings with their own flag, or that each method decides: overriding them with --train would be ambiguous.
-TRAIN_FLAGS = {"epochs": "set by --epochs", "finetune_epochs": "set by --finetune-epochs", "seed": "set by --seeds",
-               "criterion": "set by --methods", "criterion_settings": "set by --methods", "progress": "always off here"}  # fmt: skip
+# Settings with their own flag, or that each method decides: overriding them with --set would be ambiguous.
+FIXED = {"train.epochs": "set by --epochs", "train.finetune_epochs": "set by --finetune-epochs",
+         "train.seed": "set by --seeds", "train.criterion": "set by --methods", "data.dataset": f"table 1 is on {DATASET}"}  # fmt: skip
 # What cannot change a run without noise layers; left at its default there so the dense runs stay cached.
-NOISE_ONLY_TRAIN = ("prune_every", "prune_start", "kl_weighting", "kl_scale", "finetune_noise", "min_structures_per_layer")
+NOISE_ONLY_TRAIN = ("prune_every", "prune_start", "prune_start_by_layer", "kl_weighting", "kl_scale", "finetune_noise",
+                    "min_structures_per_layer")  # fmt: skip
 
 
 def method_notes() -> list[str]:
@@ -87,31 +94,29 @@ def method_notes() -> list[str]:
 
 @dataclass(frozen=True)
 class Recipe:
-    """What every run of this invocation shares: the budget and the --train/--noise overrides."""
+    """What every run of this invocation shares: the budget, the flows file and the user's --set overrides."""
 
     epochs: int = 50
     finetune_epochs: int = 10
-    train: dict[str, Any] = field(default_factory=dict)
-    noise: dict[str, Any] = field(default_factory=dict)
-    max_train_examples: int | None = None
+    overrides: tuple[str, ...] = ()
+    flows: Path = field(default=runner.FLOWS)
 
 
-def run_spec(model: str, method_name: str, seed: int, recipe: Recipe, layer_ratios: dict[str, float] | None = None) -> RunSpec:
+def run_config(model: str, method_name: str, seed: int, recipe: Recipe, layer_ratios: dict[str, float] | None = None) -> FlowConfig:
+    """The run of ``method_name`` on ``model`` for ``seed``: the model's paper flow, the user's
+    overrides, then what this method and invocation set (later --set strings win)."""
     method = METHODS[method_name]
-    train = {"epochs": recipe.epochs, "finetune_epochs": recipe.finetune_epochs, **recipe.train, "seed": seed}
-    noise: dict[str, Any] | None = recipe.noise
+    sets = [*recipe.overrides, f"train.epochs={recipe.epochs}", f"train.finetune_epochs={recipe.finetune_epochs}", f"train.seed={seed}"]
     settings = dict(method.settings)
     if method.schedule is Schedule.DENSE:
-        train = {key: value for key, value in train.items() if key not in NOISE_ONLY_TRAIN}
-        noise = None
+        defaults = TrainConfig()
+        sets += [f"train.{key}={runner.yaml_value(getattr(defaults, key))}" for key in NOISE_ONLY_TRAIN]
     elif method.schedule is Schedule.AT_RATIO_SOURCE:
         if layer_ratios is None:
             raise ValueError(f"method {method_name!r} needs the per-layer fractions of the {RATIO_SOURCE!r} run of seed {seed}")
-        train["prune_start"] = recipe.epochs
-        train.pop("prune_start_by_layer", None)  # once, after training, in every layer
+        sets += [f"train.prune_start={recipe.epochs}", "train.prune_start_by_layer={}"]  # once, after training, in every layer
         settings["layer_ratios"] = dict(layer_ratios)
-    train.update(criterion=method.criterion, criterion_settings=settings)
-    return runner.paper_spec(model, DATASET, train=train, noise=noise, max_train_examples=recipe.max_train_examples)
+    return runner.paper_config(recipe.flows, model, DATASET, [*sets, *runner.criterion_overrides(method.criterion, settings)])
 
 
 def pruned_fractions(result: dict[str, Any]) -> dict[str, float]:
@@ -127,7 +132,8 @@ def execute(model: str, method: str, seed: int, recipe: Recipe, out: Path, comma
     returned for the same seed's ratio-source run, for the methods that prune at its fractions.
     Returns what the progress line and the dependent runs need."""
     fractions = None if source is None else source["fractions"]
-    spec = run_spec(model, method, seed, recipe, fractions)
+    config = run_config(model, method, seed, recipe, fractions)
+    record = run_record(config)
     extras = {"method": method, "model": model, "seed": seed, "dataset": DATASET, "paper_row": PAPER_LABELS[method], "command": command}
     if fractions is not None:
         extras.update(layer_ratios=fractions, ratio_source=raw_path(Path("raw"), DATASET, model, RATIO_SOURCE, seed).as_posix())
@@ -137,14 +143,14 @@ def execute(model: str, method: str, seed: int, recipe: Recipe, out: Path, comma
         nonlocal computed
         computed, started = True, time.perf_counter()
         if fractions is not None and not any(fractions.values()):
-            return {**same_as_source(out, model, seed), **extras, "spec": spec.to_dict(), "run_seconds": 0.0}
-        trained, result = train_and_measure(spec)
+            return {**same_as_source(out, model, seed), **extras, "spec": record, "run_seconds": 0.0}
+        trained, result = train_and_measure(config)
         result.update(extras)
         result["layer_sizes"] = {name: noise.num_structures for name, noise in noise_modules(trained).items()}
         result["run_seconds"] = time.perf_counter() - started
         return result
 
-    result = run_cached(str(raw_path(out / "raw", DATASET, model, method, seed)), spec, compute)
+    result = run_cached(raw_path(out / "raw", DATASET, model, method, seed), record, compute)
     outcome = {"computed": computed, "seconds": result.get("run_seconds", 0.0), "test": result["test"]}
     if method == RATIO_SOURCE:
         outcome["fractions"] = pruned_fractions(result)
@@ -193,10 +199,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--finetune-epochs", type=int, default=10)
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own single-threaded process")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--train", nargs="+", default=[], metavar="KEY=VALUE", help="TrainConfig overrides")
-    parser.add_argument("--noise", nargs="+", default=[], metavar="KEY=VALUE", help="NoiseInit overrides")
-    parser.add_argument("--max-train-examples", type=int, default=None, help="train on a subset (smoke runs)")
     parser.add_argument("--aggregate-only", action="store_true", help="rebuild the table from <out>/raw without training")
+    runner.add_config_arguments(parser)
     return parser
 
 
@@ -206,15 +210,13 @@ def _options(args: argparse.Namespace) -> Recipe:
         if unknown:
             raise ValueError(f"unknown {kind} {unknown[0]!r}; choose from {', '.join(known)}")
     if args.seeds is not None:
-        runner.check_seeds(args.seeds)
+        check_seeds(args.seeds)
     runner.check_jobs(args.jobs)
-    recipe = Recipe(
-        epochs=args.epochs, finetune_epochs=args.finetune_epochs, max_train_examples=args.max_train_examples,
-        train=runner.parse_overrides(args.train, TrainConfig, "--train", TRAIN_FLAGS), noise=runner.parse_noise(args.noise),
-    )  # fmt: skip
+    overrides = tuple(runner.user_overrides(args.overrides, FIXED))
+    recipe = Recipe(epochs=args.epochs, finetune_epochs=args.finetune_epochs, overrides=overrides, flows=args.flows)
     for model in args.models:  # every setting checked once, before hours of training start
         for method in args.methods:
-            run_spec(model, method, 0, recipe, {} if METHODS[method].schedule is Schedule.AT_RATIO_SOURCE else None)
+            run_config(model, method, 0, recipe, {} if METHODS[method].schedule is Schedule.AT_RATIO_SOURCE else None)
     return recipe
 
 
@@ -225,8 +227,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         setattr(args, name, list(dict.fromkeys(getattr(args, name))))
     try:
         recipe = _options(args)
-    except (ValueError, TypeError) as error:
-        raise SystemExit(f"table1: {error}") from None
+    except (ValueError, TypeError) as error:  # ConfigError among them: a bad --set, as bmrs run reports it
+        runner.bad_input("table1", error)
     command = runner.command_line("benchmarks.paper.table1", argv)
     started, failures = time.perf_counter(), []
     if not args.aggregate_only:

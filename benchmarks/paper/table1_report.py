@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.paper.experiment import RunSpec, mean_std
+from benchmarks.paper.experiment import run_record
+from bmrs.train.metrics import mean_std
+from pipeline.config import FlowConfig
 
 # Paper table 1, Fashion-MNIST columns: (compression %, its std, accuracy %, its std) over ten seeds.
 # The paper has no gradient-pruning row.
@@ -39,7 +41,7 @@ PAPER: dict[tuple[str, str], tuple[float, float, float, float]] = {
 PAPER_LABELS = {"none": "None", "l2": "L2", "etheta": "E[theta]", "snr": "SNR", "bmrs_n": "BMRS_N",
                 "bmrs_u8": "BMRS_U-8", "bmrs_u4": "BMRS_U-4", "grad": "Gradient (not in paper)"}  # fmt: skip
 # Settings each method decides for itself (its criterion) or that name the run (model, seed): the
-# recipe lists everything else that differs from RunSpec's defaults.
+# recipe lists everything else that differs from the defaults (those of a flow that sets nothing).
 PER_RUN_KEYS = ("model", "train.seed", "train.criterion", "train.criterion_settings")
 
 
@@ -120,9 +122,10 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def recipe_lines(results: Sequence[dict[str, Any]]) -> list[str]:
-    """Per model, every setting that differs from ``RunSpec()``'s defaults (TrainConfig's, NoiseInit's),
-    with the methods it applies to when not all of them."""
-    defaults = _flatten(RunSpec().to_dict())
+    """Per model, every setting that differs from the record of a flow that sets nothing (the
+    defaults of DataConfig, ModelConfig, NoiseInit and TrainConfig), with the methods it applies to
+    when not all of them."""
+    defaults = _flatten(run_record(FlowConfig(name="defaults"), noisy=True))
     by_model: dict[str, dict[tuple[str, str], set[str]]] = defaultdict(lambda: defaultdict(set))
     methods_of: dict[str, set[str]] = defaultdict(set)
     for result in results:
@@ -165,6 +168,7 @@ def _markdown(rows: Sequence[Row], results: Sequence[dict[str, Any]], command: s
               "## Methods", "", *method_notes, "", "## Command", "", f"    {command}", ""]  # fmt: skip
     if commands:
         lines += ["Runs read from earlier invocations:", "", *[f"    {c}" for c in commands], ""]
+    # The heading keeps the words committed reports were written with (RunSpec: the run record).
     lines += ["## Recipe (settings other than RunSpec/TrainConfig/NoiseInit defaults)", "", *recipe_lines(results), "",
               "## Environment and compute", "", f"- {'; '.join(environments)}",
               f"- total compute: {compute / 3600:.2f} h over {len(results)} runs (sum of per-run wall time)", ""]  # fmt: skip

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from bmrs.train.config import complete_record
+
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable or does not fit the model."""
@@ -91,7 +93,10 @@ def check_resumable_checkpoint(path: Path, checkpoint: Checkpoint, model: nn.Mod
             f"checkpoint {str(path)!r} does not record the settings it was written under, so resuming "
             "from it could silently change the result; start a new run"
         )
-    difference = first_difference(checkpoint.meta["fingerprint"], fingerprint)
+    recorded = dict(checkpoint.meta["fingerprint"])
+    if isinstance(recorded.get("train"), dict):
+        recorded["train"] = complete_record(recorded["train"])
+    difference = first_difference(recorded, fingerprint)
     if difference:
         raise CheckpointError(
             f"cannot resume from {str(path)!r}: it was written under different settings ({difference}); "

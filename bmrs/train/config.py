@@ -1,10 +1,13 @@
 """Training settings: the frozen ``TrainConfig`` and the modes it chooses between."""
 from __future__ import annotations
 
+import copy
 import enum
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
+
+from bmrs.criteria import BMRSLogNormal, Criterion, complete_settings, criterion_from, criterion_name, settings_of
 
 
 class KLWeighting(enum.Enum):
@@ -58,6 +61,21 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     return math.ceil(num_examples / batch_size)
 
 
+# Record keys in the order records have always had them (the criterion between finetune_noise and
+# min_structures_per_layer), so that a record reads the same as before criteria were typed.
+_BEFORE_CRITERION = ("epochs", "finetune_epochs", "prune_every", "prune_start", "prune_start_by_layer", "batch_size",
+                     "lr", "kl_weighting", "kl_scale", "finetune_noise")  # fmt: skip
+
+
+def complete_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A ``TrainConfig.to_dict()`` record with its criterion's settings completed by their defaults:
+    records written when only the settings a user gave were kept then equal today's, which keep all."""
+    name = record.get("criterion")
+    if name is None or not isinstance(record.get("criterion_settings"), dict):
+        return dict(record)
+    return {**record, "criterion_settings": complete_settings(name, record["criterion_settings"])}
+
+
 # Adam's step is about lr in every coordinate whatever the gradient's scale: above 1 it throws
 # weights of order 0.1 around by more than their size every step.
 MAX_LR = 1.0
@@ -78,8 +96,9 @@ class TrainConfig:
     kl_weighting: KLWeighting = KLWeighting.ELBO
     kl_scale: float = 1.0
     finetune_noise: FinetuneNoise = FinetuneNoise.SAMPLED
-    criterion: str | None = "bmrs_n"
-    criterion_settings: dict[str, Any] = field(default_factory=dict)
+    # How training prunes: a registered criterion (``BMRSLogUniform(p1=4)``; a name or a
+    # ``{name: ..., settings}`` mapping is turned into one), or None to train without pruning.
+    criterion: Criterion | None = field(default_factory=BMRSLogNormal)
     min_structures_per_layer: int = 1
     seed: int = 0
     eval_batch_size: int = 2048
@@ -88,10 +107,19 @@ class TrainConfig:
     schedule_unit: ScheduleUnit = ScheduleUnit.EPOCHS
 
     def to_dict(self) -> dict[str, Any]:
-        """Every setting, modes as their values: what checkpoints and cached results record. An empty
-        ``prune_start_by_layer`` and the default ``schedule_unit`` are left out, so that records made
-        before they existed still match."""
-        settings = {k: v.value if isinstance(v, enum.Enum) else v for k, v in asdict(self).items()}
+        """Every setting, modes as their values and the criterion as its name and every one of its
+        settings: what checkpoints and cached results record. An empty ``prune_start_by_layer`` and
+        the default ``schedule_unit`` are left out, so that records made before they existed still
+        match (``complete_record`` completes records written before criteria recorded every setting)."""
+        settings = {f.name: getattr(self, f.name) for f in fields(self)}
+        settings = {k: v.value if isinstance(v, enum.Enum) else copy.deepcopy(v) for k, v in settings.items()}
+        criterion = settings.pop("criterion")
+        settings = {
+            **{k: v for k, v in settings.items() if k in _BEFORE_CRITERION},
+            "criterion": None if criterion is None else criterion_name(criterion),
+            "criterion_settings": {} if criterion is None else settings_of(criterion),
+            **{k: v for k, v in settings.items() if k not in _BEFORE_CRITERION},
+        }
         if not settings["prune_start_by_layer"]:
             del settings["prune_start_by_layer"]
         if self.schedule_unit is ScheduleUnit.EPOCHS:
@@ -128,6 +156,11 @@ class TrainConfig:
         )
 
     def __post_init__(self) -> None:
+        if self.criterion is not None:
+            try:
+                object.__setattr__(self, "criterion", criterion_from(self.criterion))
+            except (TypeError, ValueError) as error:
+                raise type(error)(f"train.criterion: {error}") from None
         if not isinstance(self.schedule_unit, ScheduleUnit):
             raise TypeError(f"train.schedule_unit must be a ScheduleUnit (epochs or steps), got {self.schedule_unit!r}")
         unit = self.schedule_unit.value  # "epochs" or "steps"

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from bmrs.train.checkpoint import CheckpointError, check_resumable_checkpoint, first_difference, read_checkpoint, save_checkpoint
-from bmrs.criteria import Criterion, LayerView, build_criterion
+from bmrs.criteria import Criterion, LayerView, criterion_name
 from bmrs.data import DataBundle, Split
 from bmrs.nn.fold import absorb_expected_noise_
 from bmrs.train.metrics import classification_metrics
@@ -263,9 +263,13 @@ def train_(
         torch.manual_seed(config.seed)
     noises_by_name = noise_modules(model)
     noises = list(noises_by_name.values())
-    criterion = None
-    if noises and config.criterion is not None:
-        criterion = build_criterion(config.criterion, **config.criterion_settings)
+    criterion = config.criterion
+    if criterion is not None and not noises:
+        raise ValueError(
+            f"train.criterion is {criterion_name(criterion)!r} but the model has no noise layers, so there is nothing "
+            "to prune; build it with noise (bmrs.models.build_network(..., noise=NoiseInit())), or set the criterion "
+            "to None to train it without pruning"
+        )
     starts = prune_starts(model, config)  # a path naming no noise layer fails here, before any epoch
     optimizer = make_optimizer(model, config.lr)
     shuffle = torch.Generator().manual_seed(config.seed)

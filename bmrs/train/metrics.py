@@ -1,6 +1,9 @@
-"""Classification metrics for reports: accuracy, NLL and expected calibration error."""
+"""Classification metrics for reports: accuracy, NLL and expected calibration error; ``mean_std``,
+the mean and sample standard deviation over seeds that every multi-seed report gives."""
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -56,3 +59,14 @@ def classification_metrics(model: nn.Module, split: Split, batch_size: int = 204
         nll=float(F.nll_loss(log_probs, labels)),
         ece=expected_calibration_error(log_probs.exp(), labels),
     )
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value), as the paper's tables report."""
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("mean_std needs at least one value")
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))

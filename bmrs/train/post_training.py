@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bmrs.criteria import CRITERIA, Criterion, LayerView, build_criterion
+from bmrs.criteria import Criterion, LayerView, criterion_from, criterion_name
 from bmrs.data import DataBundle
 from bmrs.train.metrics import classification_metrics
 from bmrs.nn.noise import noise_modules
@@ -27,8 +27,8 @@ from bmrs.train.loop import train_
 
 @dataclass(frozen=True)
 class PostTrainingConfig:
-    criterion: str
-    criterion_settings: dict[str, Any] = field(default_factory=dict)
+    # A registered criterion, or its name / {name: ..., settings} mapping (``criterion_from``).
+    criterion: Criterion
     steps: int = 10  # compression points after the unpruned one
     finetune_epochs: int = 1  # after each removal; 0 measures the pruned model as is
     lr: float = 1.4e-3
@@ -37,14 +37,8 @@ class PostTrainingConfig:
     stop_at_bmrs_boundary: bool = True
 
     def __post_init__(self) -> None:
-        if not isinstance(self.criterion, str) or self.criterion not in CRITERIA:
-            raise ValueError(f"unknown pruning criterion {self.criterion!r}; choose one of {sorted(CRITERIA)}")
-        if not isinstance(self.criterion_settings, dict):
-            raise TypeError(
-                f"criterion_settings must be a dict of the criterion's settings, got {self.criterion_settings!r}"
-            )
         # Built once here so that a bad setting fails before any fine-tuning is spent.
-        build_criterion(self.criterion, **self.criterion_settings)
+        object.__setattr__(self, "criterion", criterion_from(self.criterion))
         for name, low in (("steps", 1), ("finetune_epochs", 0), ("batch_size", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -133,7 +127,7 @@ def post_training_prune(
             "insert them with bmrs.models.insert_noise and train before pruning"
         )
     work = copy.deepcopy(model)
-    criterion = build_criterion(config.criterion, **config.criterion_settings)
+    criterion = config.criterion
     ranking, boundary, stop = _rank(work, data, criterion, config)
     targets = {round(i * len(ranking) / config.steps) for i in range(config.steps + 1)}
     if stop is not None and config.stop_at_bmrs_boundary:
@@ -158,7 +152,7 @@ def post_training_prune(
         points.append(CurvePoint(removed, float(compression(work)), metrics.accuracy, metrics.nll, metrics.ece))
     stop_index = next((i for i, p in enumerate(points) if p.removed == stop), None) if stop is not None else None
     return PruningCurve(
-        criterion=config.criterion,
+        criterion=criterion_name(criterion),
         points=points,
         bmrs_boundary=boundary,
         bmrs_stop_index=stop_index,
@@ -184,7 +178,7 @@ def _rank(
         layer_scores = decision.scores.detach().double()[alive]
         if bool(torch.isnan(layer_scores).any()):
             raise ValueError(
-                f"criterion {config.criterion!r} scored a structure of {name!r} NaN, so it cannot be ranked; "
+                f"criterion {criterion_name(criterion)!r} scored a structure of {name!r} NaN, so it cannot be ranked; "
                 "check the model's weights and noise for NaN"
             )
         boundary += int((decision.prune & noise.mask).sum())
@@ -196,10 +190,10 @@ def _rank(
         scores.append(layer_scores[keep])
         prunes.append(decision.prune[alive[keep]])
     if not names:
-        return [], (boundary if config.criterion.startswith("bmrs") else None), None
+        return [], (boundary if criterion.prunes_at_evidence_boundary else None), None
     order = torch.argsort(torch.cat(scores), stable=True).tolist()
     ranking = [(names[i], indices[i]) for i in order]
-    if not config.criterion.startswith("bmrs"):
+    if not criterion.prunes_at_evidence_boundary:
         return ranking, None, None
     # Scores are -dF, so every dF >= 0 structure ranks ahead of every dF < 0 one; protected ones
     # (a layer's last) cannot be removed, so the boundary point may stop short of ``boundary``.

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from benchmarks.latency import LatencyConfig
-from bmrs.criteria import CRITERIA, check_criterion, criterion_settings
+from bmrs.criteria import CRITERIA, Criterion, check_criterion, criterion_from, criterion_name, settings_of
 from bmrs.data import DATASETS, DEFAULT_ROOTS, DataConfig, root_hint
 from bmrs.models import MODELS, ModelConfig, NoiseInit
 from bmrs.train.post_training import PostTrainingConfig
@@ -33,7 +33,8 @@ from pipeline.config.flows_file import ConfigError, check_flow_name, copy_tree, 
 # ConfigError, parse_overrides and read_flows live in pipeline.config.flows_file; they are this module's API too.
 __all__ = ["ConfigError", "FlowConfig", "flow_config_from_dict", "load_flow", "parse_overrides", "read_flows"]
 
-NO_PRUNING = "none"
+# The method of a flow whose train.criterion is null: the paper's "None", a dense model (no noise, no pruning).
+DENSE_METHOD = "none"
 
 
 NoiseConfig = NoiseInit  # the flow's ``noise`` section is the library's noise initialisation
@@ -46,20 +47,21 @@ class BaselineConfig:
     enabled: bool = True
 
 
-def _every_criterion() -> tuple[str, ...]:
-    return tuple(CRITERIA)
+def _every_criterion() -> tuple[Criterion, ...]:
+    return tuple(cls() for cls in CRITERIA.values())
 
 
 @dataclass(frozen=True)
 class PostTrainingSection:
     """Post-training pruning curves (paper section 5): one noisy model trained without pruning, then
-    pruned progressively by each criterion's ranking. ``epochs`` None: ``train.epochs``; like it,
-    ``epochs`` counts in ``train.schedule_unit`` (it becomes that training's ``epochs``); the
-    learning rate, batch size and seed are the ``train`` section's."""
+    pruned progressively by each criterion's ranking. ``criteria`` lists criteria as ``train.criterion``
+    takes them (``[bmrs_n, {name: bmrs_u, p1: 4}, l2]``); default: every registered one at its
+    defaults. ``epochs`` None: ``train.epochs``; like it, ``epochs`` counts in ``train.schedule_unit``
+    (it becomes that training's ``epochs``); the learning rate, batch size and seed are the ``train``
+    section's."""
 
     enabled: bool = False
-    criteria: tuple[str, ...] = field(default_factory=_every_criterion)
-    criterion_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    criteria: tuple[Criterion, ...] = field(default_factory=_every_criterion)
     steps: int = 10
     finetune_epochs: int = 1
     epochs: int | None = None
@@ -67,28 +69,18 @@ class PostTrainingSection:
     def __post_init__(self) -> None:
         if not self.criteria:
             raise ValueError(f"criteria is empty; list some of {sorted(CRITERIA)} (or leave it out for all of them)")
-        for name in self.criteria:
-            if name not in CRITERIA:
-                hint = " ('none' has no ranking to prune by)" if name == NO_PRUNING else ""
-                raise ValueError(f"criteria: unknown criterion {name!r}{hint}; choose from {sorted(CRITERIA)}")
-        if len(set(self.criteria)) != len(self.criteria):
-            raise ValueError(f"criteria {list(self.criteria)} names a criterion twice; list each once")
-        for name, settings in self.criterion_settings.items():
-            if name not in self.criteria:
-                raise ValueError(
-                    f"criterion_settings.{name}: {name!r} is not in criteria {list(self.criteria)}; add it there or drop its settings"
-                )
-            if not isinstance(settings, Mapping):
-                raise TypeError(f"criterion_settings.{name}: expected a mapping of settings such as {{p1: 4}}, got {settings!r}")
+        object.__setattr__(self, "criteria", tuple(criterion_from(c) for c in self.criteria))
+        names = [criterion_name(c) for c in self.criteria]
+        if len(set(names)) != len(names):
+            raise ValueError(f"criteria {names} names a criterion twice; list each once")
         if self.epochs is not None and (isinstance(self.epochs, bool) or self.epochs < 1):
             raise ValueError(f"epochs must be >= 1, or null for train.epochs; got {self.epochs!r}")
-        for name in self.criteria:
-            self.for_criterion(name, TrainConfig())  # PostTrainingConfig checks steps, epochs and settings
+        for criterion in self.criteria:
+            self.for_criterion(criterion, TrainConfig())  # PostTrainingConfig checks steps and epochs
 
-    def for_criterion(self, name: str, train: TrainConfig) -> PostTrainingConfig:
+    def for_criterion(self, criterion: Criterion, train: TrainConfig) -> PostTrainingConfig:
         return PostTrainingConfig(
-            criterion=name,
-            criterion_settings=dict(self.criterion_settings.get(name, {})),
+            criterion=criterion,
             steps=self.steps,
             finetune_epochs=self.finetune_epochs,
             lr=train.lr,
@@ -99,7 +91,7 @@ class PostTrainingSection:
     def train_config(self, train: TrainConfig) -> TrainConfig:
         """Training of the model the curves start from: the flow's, without pruning or fine-tuning."""
         epochs = self.epochs if self.epochs is not None else train.epochs
-        return replace(train, criterion=None, criterion_settings={}, epochs=epochs, finetune_epochs=0, prune_start=1)
+        return replace(train, criterion=None, epochs=epochs, finetune_epochs=0, prune_start=1)
 
 
 @dataclass(frozen=True)
@@ -127,13 +119,15 @@ class FlowConfig:
 
     @property
     def method(self) -> str:
-        return self.train.criterion or NO_PRUNING
+        return DENSE_METHOD if self.train.criterion is None else criterion_name(self.train.criterion)
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(self)
 
 
 def _plain(value: Any) -> Any:
+    if type(value) in CRITERIA.values():
+        return {"name": criterion_name(value), **_plain(settings_of(value))}
     if dataclasses.is_dataclass(value):
         return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, enum.Enum):
@@ -158,6 +152,11 @@ def _convert(value: Any, hint: Any, path: str) -> Any:
             except ConfigError as error:
                 errors.append(str(error))
         raise ConfigError(errors[0])
+    if hint is Criterion:
+        try:
+            return criterion_from(value)
+        except (ValueError, TypeError) as error:
+            raise ConfigError(f"{path}: {error}") from None
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, path)
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
@@ -231,9 +230,13 @@ def load_flow(path: str | Path, name: str, overrides: list[str] | None = None) -
             f"{name}.name is not a setting: a flow's name is its key in {path}, chosen with --flow; remove "
             "name (from --set or the flow), or copy the flow under a new key to run it under another name"
         )
-    train = tree.get("train")
-    if isinstance(train, dict) and isinstance(train.get("criterion"), str) and train["criterion"].lower() == NO_PRUNING:
-        train["criterion"] = None  # the paper's "None" method: no noise layers, no pruning
+    for section, key in (("train", "criterion_settings"), ("post_training", "criterion_settings")):
+        if isinstance(tree.get(section), dict) and key in tree[section]:
+            raise ConfigError(
+                f"{name}.{section}.{key}: a criterion now carries its own settings; write them into the criterion, "
+                f"e.g. {'train.criterion' if section == 'train' else 'post_training.criteria'}: "
+                f"{'{name: bmrs_u, p1: 4}' if section == 'train' else '[bmrs_n, {name: bmrs_u, p1: 4}]'}, and remove {key}"
+            )
     tree["name"] = name
     config = _build(FlowConfig, tree, name)
     _validate_names(config)
@@ -245,9 +248,26 @@ def flow_config_from_dict(tree: Mapping[str, Any]) -> FlowConfig:
     """The ``FlowConfig`` whose ``to_dict()`` is ``tree`` (the inverse of ``FlowConfig.to_dict``)."""
     if not isinstance(tree, Mapping) or not isinstance(tree.get("name"), str):
         raise ConfigError(f"expected a mapping of sections with a string 'name' (FlowConfig.to_dict()), got {tree!r:.80}")
-    config = _build(FlowConfig, tree, tree["name"])
+    config = _build(FlowConfig, _typed_criteria(tree), tree["name"])
     _validate_names(config)
     return config
+
+
+def _typed_criteria(tree: Mapping[str, Any]) -> dict[str, Any]:
+    """``tree`` with criteria as one value each: run directories written while a criterion was a
+    name beside a separate ``criterion_settings`` mapping still resume."""
+    tree = copy_tree(dict(tree))
+    train = tree.get("train")
+    if isinstance(train, dict) and "criterion_settings" in train:
+        settings = train.pop("criterion_settings") or {}
+        if isinstance(train.get("criterion"), str):
+            train["criterion"] = {"name": train["criterion"], **settings}
+    section = tree.get("post_training")
+    if isinstance(section, dict) and "criterion_settings" in section:
+        settings = section.pop("criterion_settings") or {}
+        names = section.get("criteria") or []
+        section["criteria"] = [{"name": n, **settings.get(n, {})} if isinstance(n, str) else n for n in names]
+    return tree
 
 
 def _check_writable_folder(folder: str, flow: str, setting: str) -> None:
@@ -281,27 +301,18 @@ def _validate_names(config: FlowConfig) -> None:
             f"{config.name}.model.name: unknown model {config.model.name!r}; choose one of {sorted(MODELS)} "
             "or name your own as package.module:factory"
         )
-    criterion = config.train.criterion
-    if criterion is not None and criterion not in CRITERIA:
-        choices = sorted(CRITERIA) + [NO_PRUNING]
-        raise ConfigError(f"{config.name}.train.criterion: unknown method {criterion!r}; choose one of {choices}")
-    if criterion is not None:
-        allowed = criterion_settings(criterion)
-        unknown = sorted(set(config.train.criterion_settings) - set(allowed), key=str)
-        if unknown:
-            raise ConfigError(
-                f"{config.name}.train.criterion_settings.{unknown[0]}: {criterion} has no such setting; "
-                f"its settings are {sorted(allowed)}"
-            )
-        _check_criterion(config, criterion, config.train.criterion_settings, "train.criterion_settings")
-    section = config.post_training
-    for name in section.criteria:  # their types and ranges were checked when the section was built
-        _check_criterion(config, name, section.criterion_settings.get(name, {}), f"post_training.criterion_settings.{name}")
+    criteria = [("train.criterion", config.train.criterion)]
+    if config.post_training.enabled:  # the default list holds every criterion; it matters only when it runs
+        criteria += [(f"post_training.criteria[{i}]", c) for i, c in enumerate(config.post_training.criteria)]
+    for where, criterion in criteria:
+        if criterion is not None:
+            _check_criterion(config, criterion, where)
 
 
-def _check_criterion(config: FlowConfig, name: str, settings: dict[str, Any], where: str) -> None:
-    """Build the criterion as training will, so that a bad setting fails now, not at the first pruning."""
+def _check_criterion(config: FlowConfig, criterion: Criterion, where: str) -> None:
+    """Check the criterion's settings against the noise prior as training will, so that a bad
+    setting fails now, not at the first pruning."""
     try:
-        check_criterion(name, dict(settings), log_a=config.noise.log_a, log_b=config.noise.log_b)
+        check_criterion(criterion, log_a=config.noise.log_a, log_b=config.noise.log_b)
     except (ValueError, TypeError) as error:
         raise ConfigError(f"{config.name}.{where}: {error}") from None

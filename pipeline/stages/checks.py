@@ -134,7 +134,7 @@ def _warning(
         before = f"{dense:.1%} dense" if dense is not None else f"{facts.best_val_accuracy:.1%} validation while training"
         cause = f"pruning collapsed {model}: its test accuracy is {pruned:.1%} ({before}), {at_chance}"
         fix = (
-            "prune less or later (train.criterion_settings, train.prune_start) or fine-tune longer "
+            "prune less or later (the settings of train.criterion, train.prune_start) or fine-tune longer "
             f"(train.finetune_epochs); {steps}"
         )
     else:
@@ -143,7 +143,7 @@ def _warning(
             f"more than checks.max_accuracy_drop ({config.max_accuracy_drop:g})"
         )
         fix = (
-            "prune less (train.criterion_settings) or fine-tune longer (train.finetune_epochs), or raise "
+            "prune less (the settings of train.criterion) or fine-tune longer (train.finetune_epochs), or raise "
             "checks.max_accuracy_drop if the trade is intended"
         )
     return f"the run is degraded: {cause}; {fix}"

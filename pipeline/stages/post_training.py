@@ -14,6 +14,7 @@ from typing import Any
 
 from benchmarks.plots import Series, line_plot
 from bmrs.artifacts import write_json
+from bmrs.criteria import criterion_name
 from bmrs.data import DataBundle
 from bmrs.train.post_training import post_training_prune
 from export.slicing import parameter_compression
@@ -34,12 +35,13 @@ def post_training_stage(config: FlowConfig, data: DataBundle, run_dir: Path, *, 
     model = steps.restore(config, data, checkpoint, noisy=True)
     sample = steps.example_input(data)
     curves: dict[str, dict[str, Any]] = {}
-    for name in section.criteria:
+    for criterion in section.criteria:
+        name = criterion_name(criterion)
         path = folder / f"{name}.json"
         finished = _read_curve(path, name) if resume else None
         if finished is None:
             curve = post_training_prune(
-                model, data, section.for_criterion(name, config.train),
+                model, data, section.for_criterion(criterion, config.train),
                 compression=lambda m: parameter_compression(m, sample),
             )  # fmt: skip
             finished = curve.to_dict()

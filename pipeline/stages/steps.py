@@ -35,6 +35,7 @@ from benchmarks.plots import Series, line_plot
 from bmrs.artifacts import write_json
 from bmrs.train.checkpoint import load_checkpoint
 from bmrs import data as bmrs_data
+from bmrs.criteria import changed_settings
 from bmrs.data import DataBundle
 from bmrs.train.metrics import classification_metrics
 from bmrs.models import build_network
@@ -299,7 +300,8 @@ def report_stage(
         "model": config.model.name,
         "method": config.method,
         "settings": {
-            "criterion_settings": config.train.criterion_settings,
+            # The settings that differ from the criterion's defaults, as the flow would write them.
+            "criterion_settings": {} if config.train.criterion is None else changed_settings(config.train.criterion),
             "kl_weighting": config.train.kl_weighting.value,
             "finetune_noise": config.train.finetune_noise.value,
         },

@@ -37,7 +37,7 @@ TINY = [
     "--set", "data.dataset=npz", "--set", "data.root=blobs.npz",
     "--set", "model.name=mlp", "--set", "model.hidden_width=24",
     "--set", "train.epochs=1", "--set", "train.finetune_epochs=0", "--set", "train.lr=0.01",
-    "--set", "train.criterion=l2", "--set", "train.criterion_settings={ratio: 0.3}",
+    "--set", "train.criterion={name: l2, ratio: 0.3}",
     "--set", "latency.repeats=3", "--set", "latency.warmup=1", "--set", "latency.batch_sizes=[1]",
     "--set", "post_training.enabled=true", "--set", "post_training.criteria=[bmrs_n, l2]",
     "--set", "post_training.steps=2",

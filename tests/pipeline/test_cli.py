@@ -54,8 +54,7 @@ QUICK = [
 
 @needs_fmnist
 def test_default_flow_writes_a_complete_report(tmp_path):
-    result = bmrs(tmp_path, "--flow", "default", *QUICK, "--set", "train.criterion=l2",
-                  "--set", "train.criterion_settings={ratio: 0.3}")  # fmt: skip
+    result = bmrs(tmp_path, "--flow", "default", *QUICK, "--set", "train.criterion={name: l2, ratio: 0.3}")  # fmt: skip
     assert result.returncode == 0, result.stderr
     run_dirs = list((tmp_path / "runs" / "default").iterdir())
     assert len(run_dirs) == 1 and str(run_dirs[0].relative_to(tmp_path)) in result.stdout
@@ -88,7 +87,7 @@ def test_default_flow_writes_a_complete_report(tmp_path):
     [
         (["--flow", "nope"], "unknown flow 'nope'"),
         (["--set", "model.name=resnet"], "unknown model 'resnet'"),
-        (["--set", "train.criterion=magic"], "unknown method 'magic'"),
+        (["--set", "train.criterion=magic"], "unknown pruning criterion 'magic'"),
         (["--set", "train.epochz=1"], "unknown setting"),
         (["--set", "data.root=/no/such/dir"], "apt-get install -y dataset-fashion-mnist"),
         # Layer paths are resolved against the model, which needs the data's shape.
@@ -146,7 +145,7 @@ def start_and_kill_after_first_checkpoint(tmp_path: Path, cwd: Path, *args: str)
 # Gradient pruning: which structures go depends on every step's gradients. No baseline, fewer
 # examples: each of the three processes below pays about 10 s of start-up (imports, Prefect server).
 RESUMABLE = [*QUICK, "--set", "data.max_train_examples=1500", "--set", "baseline.enabled=false",
-             "--set", "train.criterion=grad", "--set", "train.criterion_settings={ratio: 0.3}"]  # fmt: skip
+             "--set", "train.criterion={name: grad, ratio: 0.3}"]  # fmt: skip
 
 
 @needs_fmnist
@@ -253,8 +252,8 @@ def test_a_run_dir_another_process_works_in_is_refused(tmp_path, capsys, monkeyp
 
 
 def test_run_config_round_trips_through_config_json():
-    config = load_flow(REPO / "flows.yaml", "default", ["train.criterion=none", "latency.batch_sizes=[1, 64]",
-                                                       "train.criterion_settings={}", "model.name=mlp"])  # fmt: skip
+    config = load_flow(REPO / "flows.yaml", "default", ["train.criterion=null", "latency.batch_sizes=[1, 64]",
+                                                       "model.name=mlp"])  # fmt: skip
     assert flow_config_from_dict(json.loads(json.dumps(config.to_dict()))) == config
     named = load_flow(REPO / "flows.yaml", "mlp_fmnist_bmrs_u8")
     assert flow_config_from_dict(json.loads(json.dumps(named.to_dict()))) == named

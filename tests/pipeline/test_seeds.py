@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.paper.experiment import mean_std
+from bmrs.train.metrics import mean_std
 from pipeline import cli
 from pipeline.stages import steps
 from pipeline.seeds import check_seeds, write_summary

@@ -5,13 +5,16 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.paper.from_scratch import main, parse_widths
+from benchmarks.paper import from_scratch
+from benchmarks.paper.experiment import run_record
+from benchmarks.paper.from_scratch import main, parse_widths, width_overrides
+from benchmarks.paper.runner import FLOWS, paper_config
 from bmrs.models import build_model
 from export.slicing import count_params
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 needs_fmnist = pytest.mark.skipif(not FMNIST.is_dir(), reason=f"Fashion-MNIST is not installed at {FMNIST}")
-TINY = ["--seeds", "0", "--epochs", "2", "--finetune-epochs", "0", "--max-train-examples", "1024"]
+TINY = ["--seeds", "0", "--epochs", "2", "--finetune-epochs", "0", "--set", "data.max_train_examples=1024"]
 
 
 def test_widths_are_parsed_per_model():
@@ -23,6 +26,14 @@ def test_widths_are_parsed_per_model():
         parse_widths("mlp", ["10", "10"])
     with pytest.raises(ValueError, match="not 1 positive integer"):
         parse_widths("mlp", ["0"])
+
+
+@pytest.mark.parametrize("dataset, layers", [("fashion_mnist", 1), ("mnist", 7)])
+def test_an_mlp_width_keeps_the_paper_preset_depth(dataset, layers):
+    base = paper_config(FLOWS, "mlp", dataset, ["train.criterion=null"])
+    config = paper_config(FLOWS, "mlp", dataset, ["train.criterion=null", *width_overrides(base, (10,))])
+    assert config.model.options() == {"hidden_width": 10, "hidden_layers": layers}
+    assert run_record(config)["noise"] is None and run_record(config)["train"]["criterion"] is None
 
 
 @needs_fmnist
@@ -49,12 +60,16 @@ def test_trains_the_dense_network_of_those_widths(tmp_path, monkeypatch, model, 
     "arguments, message",
     [
         (["--model", "lenet5", "--widths", "6,16"], "conv1,conv2,fc1,fc2"),
-        (["--model", "mlp", "--widths", "10", "--noise", "init_mu=-20"], "train without noise layers"),
-        (["--model", "mlp", "--widths", "10", "--train", "criterion=bmrs_n"], "nothing is pruned"),
+        (["--model", "mlp", "--widths", "10", "--set", "noise.init_mu=-20"], "train without noise layers"),
+        (["--model", "mlp", "--widths", "10", "--set", "train.criterion=bmrs_n"], "nothing is pruned"),
+        (["--model", "mlp", "--widths", "10", "--set", "model.hidden_width=20"], "set by --widths"),
+        (["--model", "mlp", "--widths", "10", "--set", "train.lr=-1"], "mlp_fmnist_paper.train: train.lr must be a positive number"),
     ],
 )
-def test_bad_input_is_refused_before_training(arguments, message, capsys):
+def test_bad_input_is_refused_before_training(arguments, message, capsys, monkeypatch):
+    monkeypatch.setattr(from_scratch, "load_data", lambda config: pytest.fail("the data was loaded for bad input"))
     with pytest.raises(SystemExit) as stopped:
         main([*arguments, "--out", "/nonexistent/never-written"])
     assert stopped.value.code == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("from_scratch: error: ") and err.count("\n") == 1 and message in err

@@ -21,7 +21,7 @@ from bmrs.criteria import CRITERIA, Decision, LayerView, criterion_settings
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 needs_fmnist = pytest.mark.skipif(not FMNIST.is_dir(), reason=f"Fashion-MNIST is not installed at {FMNIST}")
-TINY = ["--model", "mlp", "--seeds", "0", "--epochs", "1", "--max-train-examples", "256"]
+TINY = ["--model", "mlp", "--seeds", "0", "--epochs", "1", "--set", "data.max_train_examples=256"]
 
 
 def test_average_ranks_and_spearman_match_scipy_on_data_with_ties():
@@ -79,6 +79,7 @@ def test_scores_are_cached_and_a_new_criterion_only_costs_scoring(tmp_path, monk
     assert report["mean"][index["bmrs_u-8"]][index["bmrs_u-4"]] == report["mean"][index["bmrs_u-4"]][index["bmrs_u-8"]]
     raw = json.loads((out / "raw" / "fashion_mnist-mlp-seed0.json").read_text())
     assert raw["spec"]["train"]["criterion"] is None and raw["spec"]["train"]["finetune_epochs"] == 0
+    assert raw["spec"]["noise"] == {"init_mu": 0.0, "init_log_sigma": -5.0, "log_a": -20.0, "log_b": 0.0}, "unpruned, but noisy"
     assert (raw["spec"]["train"]["batch_size"], raw["spec"]["train"]["lr"]) == (128, 1.5e-3)
     pooled = torch.tensor([[v for layer in raw["scores"][label].values() for v in layer] for label in labels])
     assert report["per_seed"][0]["pooled"][index["snr"]][index["l2"]] == pytest.approx(
@@ -100,6 +101,7 @@ def test_scores_are_cached_and_a_new_criterion_only_costs_scoring(tmp_path, monk
     @dataclass(frozen=True)
     class Negated:
         needs_gradients: ClassVar[bool] = False
+        registry_name: ClassVar[str] = "negated_snr_for_test"  # what register_criterion sets
 
         def decide(self, layer: LayerView) -> Decision:
             return Decision(-layer.noise.snr().detach().double(), ~layer.noise.mask)
@@ -116,16 +118,20 @@ def test_scores_are_cached_and_a_new_criterion_only_costs_scoring(tmp_path, monk
 @pytest.mark.parametrize(
     "arguments, message",
     [
-        (["--seeds", "0", "0"], "seed 0 is listed twice"),
-        (["--train", "criterion=snr"], "trained without pruning"),
-        (["--train", "epochs=3"], "use --epochs"),
-        (["--train", "bogus=1"], "valid keys are"),
-        (["--noise", "log_a=minus"], "must be a number"),
-        (["--max-train-examples", "0"], "positive number of examples"),
+        (["--seeds", "0", "0"], "--seeds lists seed 0 twice"),
+        (["--set", "train.criterion=snr"], "trained without pruning"),
+        (["--set", "train.epochs=3"], "use --epochs"),
+        (["--set", "train.bogus=1"], "mlp_fmnist_paper.train.bogus: unknown setting; valid settings of"),
+        (["--set", "noise.log_a=minus"], "mlp_fmnist_paper.noise.log_a: expected a finite number, got 'minus'"),
+        (["--set", "data.max_train_examples=0"], "data.max_train_examples must be >= 1 or null"),
+        (["--set", "model.name=lenet5"], "the model is chosen with --model"),
+        (["--set", "train.lr=[1"], "the value is not valid YAML"),
     ],
 )
-def test_bad_input_is_refused_before_training(arguments, message, capsys):
+def test_bad_input_is_refused_before_training(arguments, message, capsys, monkeypatch):
+    monkeypatch.setattr(rank_correlation, "load_data", lambda config: pytest.fail("the data was loaded for bad input"))
     with pytest.raises(SystemExit) as stopped:
         main(["--model", "mlp", *arguments, "--out", "/nonexistent/never-written"])
     assert stopped.value.code == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("rank_correlation: error: ") and err.count("\n") == 1 and message in err

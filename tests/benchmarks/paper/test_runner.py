@@ -1,4 +1,5 @@
-"""benchmarks.paper.runner's scheduler: dependent runs, failures, and the checks shared by every benchmark."""
+"""benchmarks.paper.runner: the scheduler (dependent runs, failures) and how every benchmark builds its
+runs from the paper flows of flows.yaml with --set overrides."""
 from __future__ import annotations
 
 import math
@@ -10,18 +11,26 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from benchmarks.paper.runner import (
+    FLOWS,
+    PAPER_FLOWS,
     Failure,
     Task,
     check_jobs,
     command_line,
+    criterion_overrides,
     describe_failures,
+    paper_config,
     paper_models,
-    parse_noise,
     report_failures,
     run_all,
+    user_overrides,
+    yaml_value,
 )
+from bmrs.criteria import BMRSLogUniform, IncomingWeightNorm
+from pipeline.config import ConfigError, load_flow
 
 # Builtins, so that a spawned worker can import them without this test module.
 CHAIN = [
@@ -88,12 +97,62 @@ def test_failures_are_summarised_with_the_exit_status(capsys):
     assert "FAILED after bad: not run, because bad failed" in err
 
 
-def test_noise_bounds_and_command_and_models():
-    assert parse_noise(["log_a=-15"]) == {"log_a": -15.0}
-    with pytest.raises(ValueError, match="--noise: need log_a < log_b"):
-        parse_noise(["log_a=1"])
+def test_command_and_models():
     assert command_line("benchmarks.paper.p1_sweep", ["--p1", "4", "--out", "a b"]) == "python -m benchmarks.paper.p1_sweep --p1 4 --out 'a b'"
-    assert paper_models("fashion_mnist") == ["lenet5", "mlp"]
+    assert paper_models("fashion_mnist") == ["lenet5", "mlp"] and paper_models("mnist") == ["lenet5", "mlp"]
+
+
+# Paper appendix C: (batch size, lr, hidden width x depth) per (dataset, model); flows.yaml holds them.
+APPENDIX_C = {
+    ("fashion_mnist", "lenet5"): (32, 1.4e-3, None), ("fashion_mnist", "mlp"): (128, 1.5e-3, (150, 1)),
+    ("mnist", "lenet5"): (128, 1.4e-3, None), ("mnist", "mlp"): (128, 8.5e-4, (100, 7)), ("cifar10", "mlp"): (32, 6.8e-4, (150, 5)),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("dataset", "model"), list(PAPER_FLOWS))
+def test_every_paper_flow_holds_appendix_c_and_is_what_bmrs_run_loads(dataset, model):
+    config = paper_config(FLOWS, model, dataset, ["train.seed=4"])
+    batch_size, lr, mlp = APPENDIX_C[(dataset, model)]
+    assert (config.data.dataset, config.model.name, config.train.batch_size, config.train.lr) == (dataset, model, batch_size, lr)
+    assert (config.train.epochs, config.train.finetune_epochs) == (50, 10)
+    if mlp is not None:
+        assert config.model.options() == {"hidden_width": mlp[0], "hidden_layers": mlp[1]}
+    assert config == load_flow(FLOWS, PAPER_FLOWS[(dataset, model)], ["train.seed=4"]), "the flow bmrs run --flow loads"
+
+
+def test_criterion_overrides_are_the_one_place_a_criterion_is_written():
+    assert criterion_overrides(None) == ["train.criterion=null"]
+    flow = PAPER_FLOWS[("fashion_mnist", "mlp")]
+    assert load_flow(FLOWS, flow, criterion_overrides(None)).train.criterion is None
+    assert load_flow(FLOWS, flow, criterion_overrides("bmrs_u", {"p1": 4})).train.criterion == BMRSLogUniform(p1=4.0)
+    ratios = {"1.noise": 0.6416666666666667, "features.2.noise": 0.0}
+    assert load_flow(FLOWS, flow, criterion_overrides("l2", {"layer_ratios": ratios})).train.criterion == IncomingWeightNorm(layer_ratios=ratios)
+    with pytest.raises(ValueError, match="without a criterion"):
+        criterion_overrides(None, {"p1": 4})
+
+
+@pytest.mark.parametrize("value", [8.0, 1e-06, 0.6416666666666667, None, True, "null", {"1.noise": 0.25}, [6, 10, 20, 20], {}])
+def test_yaml_values_read_back_as_given(value):
+    assert yaml.safe_load(yaml_value(value)) == value
+
+
+def test_user_overrides_refuse_what_the_benchmark_sets_or_does_not_use():
+    assert user_overrides(["train.lr=1e-3", "noise.start_on=[features]"], {"train.seed": "use --seeds"}) == [
+        "train.lr=1e-3", "noise.start_on=[features]",
+    ]  # fmt: skip
+    for pair, message in [
+        ("train.seed=3", "--set train.seed cannot be overridden here: use --seeds"),
+        ("model.name=mlp", "--set model.name cannot be overridden here: the model is chosen with --model/--models"),
+        ("data.dataset=mnist", "chosen with --dataset"),
+        ("export.opset=17", "--set export.opset: benchmark runs use only the data, model, noise and train sections"),
+        ("train={lr: 1}", "set one setting at a time"),
+        ("lr", "expected key=value"),
+    ]:
+        with pytest.raises(ConfigError) as refused:
+            user_overrides([pair], {"train.seed": "use --seeds"})
+        assert message in str(refused.value)
+    with pytest.raises(ConfigError, match="no paper flow for lenet5 on cifar10; choose one of: lenet5 on fashion_mnist"):
+        paper_config(FLOWS, "lenet5", "cifar10", [])
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads worker pids from Linux /proc")

@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 
 from benchmarks.paper import table1
-from benchmarks.paper.experiment import train_and_measure
-from benchmarks.paper.runner import parse_overrides
+from benchmarks.paper.experiment import run_record, train_and_measure
 from benchmarks.paper.table1_report import PAPER
-from bmrs.train import KLWeighting, TrainConfig
+from bmrs.train import KLWeighting
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 pytestmark = pytest.mark.skipif(
@@ -21,9 +20,11 @@ pytestmark = pytest.mark.skipif(
 # Posteriors started near the reduced prior, so that bmrs_n prunes within two tiny epochs and l2/grad get
 # fractions other than zero to follow.
 NEAR_ZERO = {"init_mu": -16.0, "init_log_sigma": 1.0}
-TINY = ["--models", "mlp", "--seeds", "0", "--epochs", "2", "--finetune-epochs", "1", "--max-train-examples", "256",
-        "--noise", *(f"{key}={value}" for key, value in NEAR_ZERO.items())]  # fmt: skip
-RECIPE = table1.Recipe(epochs=2, finetune_epochs=1, max_train_examples=256, noise=NEAR_ZERO)
+SMALL = ("data.max_train_examples=256",)
+NOISE = tuple(f"noise.{key}={value}" for key, value in NEAR_ZERO.items())
+TINY = ["--models", "mlp", "--seeds", "0", "--epochs", "2", "--finetune-epochs", "1",
+        *(arg for pair in SMALL + NOISE for arg in ("--set", pair))]  # fmt: skip
+RECIPE = table1.Recipe(epochs=2, finetune_epochs=1, overrides=SMALL + NOISE)
 
 
 @pytest.fixture(autouse=True)
@@ -58,7 +59,7 @@ def test_every_method_stored_with_its_spec(first_run):
     for method in table1.METHODS:
         stored = load(first_run, method)
         ratios = table1.pruned_fractions(bmrs_n) if method in ("l2", "grad") else None
-        assert stored["spec"] == table1.run_spec("mlp", method, 0, RECIPE, ratios).to_dict()
+        assert stored["spec"] == run_record(table1.run_config("mlp", method, 0, RECIPE, ratios))
         assert stored["method"] == method and stored["model"] == "mlp" and stored["seed"] == 0
         assert stored["spec"]["train"]["batch_size"] == 128 and stored["spec"]["train"]["lr"] == 1.5e-3
         assert stored["spec"]["model_options"] == {"hidden_width": 150, "hidden_layers": 1}
@@ -83,13 +84,13 @@ def test_l2_and_grad_prune_at_bmrs_n_fractions(first_run):
 
 def test_l2_after_a_bmrs_n_that_removed_nothing_is_that_run(tmp_path):
     # The authors' initialisation (theta ~ 1) prunes nothing in two tiny epochs.
-    table1.main(["--models", "mlp", "--seeds", "0", "--epochs", "2", "--finetune-epochs", "1", "--max-train-examples", "256",
+    table1.main(["--models", "mlp", "--seeds", "0", "--epochs", "2", "--finetune-epochs", "1", "--set", SMALL[0],
                  "--methods", "l2", "--out", str(tmp_path)])  # fmt: skip
     bmrs_n, derived = load(tmp_path, "bmrs_n"), load(tmp_path, "l2")
     assert bmrs_n["test"]["compression"] == 0.0
     assert derived["derived_from"] == raw(tmp_path, "bmrs_n").name
-    recipe = table1.Recipe(epochs=2, finetune_epochs=1, max_train_examples=256)
-    _, trained = train_and_measure(table1.run_spec("mlp", "l2", 0, recipe, {"1.noise": 0.0}))
+    recipe = table1.Recipe(epochs=2, finetune_epochs=1, overrides=SMALL)
+    _, trained = train_and_measure(table1.run_config("mlp", "l2", 0, recipe, {"1.noise": 0.0}))
     assert derived["spec"] == trained["spec"]
     assert derived["test"] == trained["test"], "training it gives the same numbers, bit for bit"
     assert [r["alive"] for r in derived["history"]] == [r["alive"] for r in trained["history"]]
@@ -97,8 +98,8 @@ def test_l2_after_a_bmrs_n_that_removed_nothing_is_that_run(tmp_path):
 
 
 def test_layer_ratios_prune_once_after_training():
-    spec = table1.run_spec("mlp", "l2", 0, table1.Recipe(epochs=2, finetune_epochs=1, max_train_examples=256), {"1.noise": 0.4})
-    _, result = train_and_measure(spec)
+    config = table1.run_config("mlp", "l2", 0, table1.Recipe(epochs=2, finetune_epochs=1, overrides=SMALL), {"1.noise": 0.4})
+    _, result = train_and_measure(config)
     assert [record["alive"]["1.noise"] for record in result["history"]] == [150, 90, 90]
     assert result["test"]["compression"] > 0.3
 
@@ -115,7 +116,7 @@ def test_second_invocation_recomputes_nothing(first_run, capsys):
 def test_changed_train_setting_recomputes_only_what_it_changes(first_run, tmp_path):
     shutil.copytree(first_run / "raw", tmp_path / "raw")
     before = mtimes(tmp_path)
-    table1.main([*TINY, "--out", str(tmp_path), "--methods", "none", "bmrs_n", "--train", "kl_scale=0.5"])
+    table1.main([*TINY, "--out", str(tmp_path), "--methods", "none", "bmrs_n", "--set", "train.kl_scale=0.5"])
     after = mtimes(tmp_path)
     assert after[raw(tmp_path, "bmrs_n").name] != before[raw(tmp_path, "bmrs_n").name]
     assert after[raw(tmp_path, "none").name] == before[raw(tmp_path, "none").name], "kl_scale cannot change a dense run"
@@ -161,24 +162,35 @@ def test_a_failed_run_is_reported_and_the_others_kept(first_run, tmp_path):
 @pytest.mark.parametrize(
     ("arguments", "expected"),
     [
-        (["--train", "no_such_key=1"], "--train has no key 'no_such_key'; valid keys are ['batch_size'"),
-        (["--train", "epochs=3"], "set by --epochs"),
-        (["--train", "lr=fast"], "--train lr must be a number"),
-        (["--train", "kl_weighting=sum"], "is not one of ['elbo', 'layer_mean']"),
-        (["--noise", "log_a=1"], "--noise: need log_a < log_b"),
+        (["--set", "train.no_such_key=1"], "lenet5_fmnist_paper.train.no_such_key: unknown setting; valid settings of"),
+        (["--set", "train.epochs=3"], "--set train.epochs cannot be overridden here: set by --epochs"),
+        (["--set", "train.criterion=snr"], "set by --methods"),
+        (["--set", "train.lr=fast"], "lenet5_fmnist_paper.train.lr: expected a finite number, got 'fast'"),
+        (["--set", "train.kl_weighting=sum"], "is not one of ['elbo', 'layer_mean']"),
+        (["--set", "noise.log_b=0.5"], "lenet5_fmnist_paper.noise: need log_a < log_b <= 0"),
+        (["--set", "latency.repeats=3"], "benchmark runs use only the data, model, noise and train sections"),
+        (["--set", "lr"], "expected key=value"),
         (["--methods", "bogus"], "unknown method 'bogus'; choose from none, l2"),
         (["--models", "resnet"], "unknown model 'resnet'"),
     ],
 )
-def test_bad_options_fail_before_training(arguments, expected, tmp_path):
+def test_bad_options_fail_before_training_in_one_line(arguments, expected, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        table1.main([*TINY, "--out", str(tmp_path), *arguments])
-    assert expected in str(exit_info.value.code)
+        table1.main(["--models", "lenet5", "--out", str(tmp_path), *arguments])
+    assert exit_info.value.code == 2, "bad input exits as bmrs run does"
+    err = capsys.readouterr().err
+    assert err.startswith("table1: error: ") and err.count("\n") == 1 and expected in err
     assert not (tmp_path / "raw").exists()
 
 
-def test_train_overrides_are_typed():
-    overrides = parse_overrides(["lr=1e-3", "kl_weighting=layer_mean", "prune_every=2"], TrainConfig, "--train", table1.TRAIN_FLAGS)
-    assert overrides == {"lr": 1e-3, "kl_weighting": KLWeighting.LAYER_MEAN, "prune_every": 2}
-    with pytest.raises(TypeError, match="integer"):
-        parse_overrides(["prune_every=1.5"], TrainConfig, "--train", table1.TRAIN_FLAGS)
+def test_set_reaches_every_run_typed_as_bmrs_run_types_it():
+    recipe = table1.Recipe(overrides=("train.lr=1e-3", "train.kl_weighting=LAYER_MEAN", "train.prune_every=2", "noise.init_mu=-16"))
+    config = table1.run_config("lenet5", "bmrs_u4", 1, recipe)
+    assert (config.train.lr, config.train.kl_weighting, config.train.prune_every) == (1e-3, KLWeighting.LAYER_MEAN, 2)
+    record = run_record(config)
+    assert record["train"]["lr"] == 1e-3 and record["train"]["kl_weighting"] == "layer_mean" and record["noise"]["init_mu"] == -16.0
+    assert record["train"]["criterion"] == "bmrs_u" and record["train"]["criterion_settings"]["p1"] == 4.0
+    assert (record["train"]["batch_size"], record["train"]["seed"], record["train"]["epochs"]) == (32, 1, 50), "the flow's budget"
+    dense = run_record(table1.run_config("lenet5", "none", 1, recipe))
+    assert dense["noise"] is None and dense["train"]["criterion"] is None and dense["train"]["lr"] == 1e-3
+    assert (dense["train"]["kl_weighting"], dense["train"]["prune_every"]) == ("elbo", 1), "noise-only settings stay at their defaults"

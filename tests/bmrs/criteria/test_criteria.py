@@ -10,6 +10,8 @@ from torch import nn
 
 from bmrs.criteria import (
     CRITERIA,
+    BMRSLogNormal,
+    BMRSLogUniform,
     Decision,
     LayerView,
     build_criterion,
@@ -322,9 +324,35 @@ def test_settings_spelled_as_strings_are_numbers():
 def test_bmrs_u_reduced_support_must_fit_the_prior():
     from bmrs.criteria import check_criterion
 
-    check_criterion("bmrs_u", {"p2": 28}, log_a=-20.0, log_b=0.0)  # 2^-28 = e^-19.4: inside
+    check_criterion(BMRSLogUniform(p2=28), log_a=-20.0, log_b=0.0)  # 2^-28 = e^-19.4: inside
     with pytest.raises(ValueError, match=r"'bmrs_u': p2 = 29 .*noise.log_a.*choose p2 <= 28.85"):
-        check_criterion("bmrs_u", {"p2": 29}, log_a=-20.0, log_b=0.0)
+        check_criterion(BMRSLogUniform(p2=29), log_a=-20.0, log_b=0.0)
     with pytest.raises(ValueError, match=r"p1 = 1 .*noise.log_b.*choose p1 >= 1.443"):
-        check_criterion("bmrs_u", {"p1": 1}, log_a=-20.0, log_b=-1.0)
-    check_criterion("bmrs_n", {}, log_a=-20.0, log_b=0.0)  # no prior-dependent settings
+        check_criterion(BMRSLogUniform(p1=1), log_a=-20.0, log_b=-1.0)
+    check_criterion(BMRSLogNormal(), log_a=-20.0, log_b=0.0)  # no prior-dependent settings
+
+
+@pytest.mark.parametrize("name", sorted(CRITERIA))
+def test_every_criterion_is_one_value_in_every_form(name):
+    from bmrs.criteria import changed_settings, criterion_from, criterion_name, settings_of
+
+    built = build_criterion(name)
+    assert criterion_from(name) == built == criterion_from({"name": name}) and criterion_from(built) is built
+    assert criterion_name(built) == name and settings_of(built) == criterion_settings(name)
+    assert changed_settings(built) == {}
+    record = {"name": name, **settings_of(built)}
+    assert criterion_from(record) == built  # what config.json and cached results hold reads back
+
+
+def test_criterion_forms_that_are_not_a_criterion_say_what_one_is():
+    from bmrs.criteria import changed_settings, complete_settings, criterion_from
+
+    with pytest.raises(ValueError, match="for the unpruned model write null"):
+        criterion_from("none")
+    with pytest.raises(ValueError, match="needs its name"):
+        criterion_from({"p1": 4})
+    with pytest.raises(TypeError, match="a criterion is a name such as 'bmrs_n'"):
+        criterion_from(4)
+    assert changed_settings(BMRSLogUniform(p1=4)) == {"p1": 4.0}
+    # Records that kept only the settings a user gave read as records that keep them all.
+    assert complete_settings("bmrs_u", {"p1": 8.0}) == {"p1": 8.0, "p2": 23.0}

@@ -133,9 +133,9 @@ def test_bad_configs():
     with pytest.raises(ValueError, match="unknown pruning criterion 'nope'"):
         PostTrainingConfig(criterion="nope")
     with pytest.raises(ValueError, match="no setting 'ratioo'"):
-        PostTrainingConfig(criterion="l2", criterion_settings={"ratioo": 0.5})
-    with pytest.raises(TypeError, match="criterion_settings"):
-        PostTrainingConfig(criterion="l2", criterion_settings=[("ratio", 0.5)])
+        PostTrainingConfig(criterion={"name": "l2", "ratioo": 0.5})
+    with pytest.raises(TypeError, match="a criterion is a name such as 'bmrs_n'"):
+        PostTrainingConfig(criterion=[("name", "l2"), ("ratio", 0.5)])
     with pytest.raises(ValueError, match="steps"):
         PostTrainingConfig(criterion="snr", steps=0)
     with pytest.raises(ValueError, match="lr"):

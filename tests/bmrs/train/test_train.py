@@ -10,6 +10,7 @@ from dataclasses import asdict, replace
 
 import pytest
 import torch
+from torch import nn
 
 from bmrs.train.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from bmrs.criteria import build_criterion
@@ -138,8 +139,7 @@ def test_gradient_criterion_collects_gradients_and_checkpoints(tmp_path):
     data = blobs()
     model = noisy_mlp()
     path = tmp_path / "ckpt.pt"
-    config = TrainConfig(epochs=1, finetune_epochs=0, batch_size=32, progress=False, criterion="grad",
-                         criterion_settings={"ratio": 0.25})  # fmt: skip
+    config = TrainConfig(epochs=1, finetune_epochs=0, batch_size=32, progress=False, criterion={"name": "grad", "ratio": 0.25})  # fmt: skip
     history = train_(model, data, config, checkpoint_path=path).history
     assert list(history[0].alive.values()) == [12, 12]
     fresh = noisy_mlp(seed=1)
@@ -151,7 +151,7 @@ def test_gradient_criterion_collects_gradients_and_checkpoints(tmp_path):
 def test_plain_model_trains_without_noise():
     torch.manual_seed(0)
     model = build_model("mlp", SHAPE, 4, hidden_width=16)
-    history = train_(model, blobs(), TrainConfig(criterion="bmrs_n", **FAST)).history
+    history = train_(model, blobs(), TrainConfig(criterion=None, **FAST)).history
     assert [r.alive for r in history] == [{}, {}, {}]
     assert all(r.kl == 0 and r.compression == 0 for r in history)
     assert history[-1].val_accuracy > 0.5
@@ -265,7 +265,7 @@ def test_pruning_starts_at_prune_start_then_every_prune_every(prune_start, prune
     seen = []
     # E[theta] < 2 holds for every structure: each epoch that runs the criterion leaves one per layer.
     config = TrainConfig(**{**FAST, "epochs": 4}, prune_start=prune_start, prune_every=prune_every,
-                         criterion="etheta", criterion_settings={"threshold": 1.0})  # fmt: skip
+                         criterion={"name": "etheta", "threshold": 1.0})  # fmt: skip
     original = noise_modules(model)["1.noise"].prune_
 
     def spy(mask):
@@ -316,8 +316,7 @@ RESUME_CASES = {
     # Interrupted after a training epoch, and inside fine-tuning.
     "bmrs_n": (TrainConfig(epochs=2, finetune_epochs=2, batch_size=32, lr=5e-3, criterion="bmrs_n", progress=False), (1, 3)),
     # prune_every=3: the gradient statistics of epochs 2 and 3 are summed across the interruption.
-    "grad": (TrainConfig(epochs=3, finetune_epochs=1, prune_every=3, batch_size=32, lr=5e-3, criterion="grad",
-                         criterion_settings={"ratio": 0.25}, progress=False), (2,)),
+    "grad": (TrainConfig(epochs=3, finetune_epochs=1, prune_every=3, batch_size=32, lr=5e-3, criterion={"name": "grad", "ratio": 0.25}, progress=False), (2,)),
     # Fine-tuning as deployed: cut right before E[theta] is folded into the weights, and after it.
     "expected": (TrainConfig(epochs=2, finetune_epochs=2, batch_size=32, lr=5e-3, criterion="bmrs_n",
                              finetune_noise=FinetuneNoise.EXPECTED, progress=False), (2, 3)),
@@ -395,7 +394,7 @@ def test_resume_from_a_finished_checkpoint_trains_nothing(tmp_path):
     assert all(torch.equal(model.state_dict()[k], v) for k, v in done.model.state_dict().items())
 
 
-BASE = TrainConfig(epochs=1, finetune_epochs=1, batch_size=32, criterion="grad", criterion_settings={"ratio": 0.25}, progress=False)
+BASE = TrainConfig(epochs=1, finetune_epochs=1, batch_size=32, criterion={"name": "grad", "ratio": 0.25}, progress=False)
 
 
 @pytest.fixture
@@ -408,7 +407,7 @@ def finished_checkpoint(tmp_path):
 @pytest.mark.parametrize(
     "change, named",
     [(dict(lr=2e-3), "train.lr: 0.0014 in the checkpoint, 0.002 now"), (dict(epochs=2), "train.epochs"),
-     (dict(criterion_settings={"ratio": 0.5}), "train.criterion_settings.ratio"), (dict(seed=1), "train.seed"),
+     (dict(criterion={"name": "grad", "ratio": 0.5}), "train.criterion_settings.ratio"), (dict(seed=1), "train.seed"),
      (dict(kl_weighting=KLWeighting.LAYER_MEAN), "train.kl_weighting")],
 )  # fmt: skip
 def test_resume_under_other_settings_is_refused_by_name(finished_checkpoint, change, named):
@@ -518,3 +517,33 @@ def test_expected_noise_finetuning_trains_the_deployed_network():
     weights = [key for key in final if key.endswith("weight")]
     assert weights and all(not torch.equal(final[key], after_training[key]) for key in weights)
     assert all(noise.training == model.training for noise in noises)  # no layer left in another mode
+
+
+def test_a_criterion_on_a_model_without_noise_layers_is_an_error():
+    dense = nn.Sequential(nn.Flatten(), nn.Linear(36, 8), nn.ReLU(), nn.Linear(8, 4))
+    with pytest.raises(ValueError, match="'bmrs_n' but the model has no noise layers"):
+        train_(dense, blobs(), TrainConfig(**FAST))  # the default criterion is BMRS_N
+    history = train_(dense, blobs(), TrainConfig(**{**FAST, "criterion": None})).history  # dense training is explicit
+    assert len(history) == FAST["epochs"] + FAST["finetune_epochs"]
+
+
+def test_checkpoints_that_recorded_only_the_given_criterion_settings_still_resume(tmp_path):
+    from bmrs.train.checkpoint import read_checkpoint, save_checkpoint
+
+    config = TrainConfig(**{**FAST, "criterion": {"name": "bmrs_u", "p1": 4}})
+    path = tmp_path / "epoch.pt"
+    finished = train_(noisy_mlp(), blobs(), config, checkpoint_path=path)
+    checkpoint = read_checkpoint(path)
+
+    def rewrite(settings):  # the checkpoint as written before criteria recorded every setting
+        meta = json.loads(json.dumps(checkpoint.meta))
+        meta["fingerprint"]["train"]["criterion_settings"] = settings
+        model = noisy_mlp()
+        model.load_state_dict(checkpoint.state_dict)
+        save_checkpoint(path, model, meta, training=checkpoint.training)
+
+    rewrite({"p1": 4.0})
+    assert train_(noisy_mlp(), blobs(), config, resume_from=path).history == finished.history
+    rewrite({"p1": 5.0})
+    with pytest.raises(CheckpointError, match="criterion_settings.p1"):
+        train_(noisy_mlp(), blobs(), config, resume_from=path)

@@ -68,17 +68,20 @@ def refused_run(capsys, *args: str, flows: Path = FLOWS) -> str:
 @pytest.mark.parametrize(
     "args, fragments",
     [
-        (["train.criterion=bmrs_u", "train.criterion_settings={p1: abc}"], ["p1", "'abc'", "number"]),
-        (["train.criterion=bmrs_u", "train.criterion_settings={p1: -3}"], ["p1", "-3", "0 <= p1 < p2"]),
-        (["train.criterion=bmrs_u", "train.criterion_settings={p1: 30}"], ["p1", "0 <= p1 < p2"]),
+        (["train.criterion={name: bmrs_u, p1: abc}"], ["p1", "'abc'", "number"]),
+        (["train.criterion={name: bmrs_u, p1: -3}"], ["p1", "-3", "0 <= p1 < p2"]),
+        (["train.criterion={name: bmrs_u, p1: 30}"], ["p1", "0 <= p1 < p2"]),
         # 2^-40 lies below the prior's lower bound e^-20: the reduced prior would not fit inside it.
-        (["train.criterion=bmrs_u", "train.criterion_settings={p2: 40}"], ["p2", "noise.log_a"]),
-        (["train.criterion=bmrs_n", "train.criterion_settings={sigma_p: 0}"], ["sigma_p", "> 0"]),
-        (["train.criterion=bmrs_n", "train.criterion_settings={mu_p: [1]}"], ["mu_p", "null"]),
-        (["train.criterion=snr", "train.criterion_settings={threshold: -1}"], ["threshold", ">= 0"]),
-        (["train.criterion=l2", "train.criterion_settings={ratio: half}"], ["ratio", "[0, 1)"]),
-        (["post_training.enabled=true", "post_training.criterion_settings={bmrs_u: {p1: abc}}"], ["post_training", "p1", "'abc'"]),
-        (["post_training.enabled=true", "post_training.criterion_settings={bmrs_u: {p1: -3}}"], ["post_training", "p1"]),
+        (["train.criterion={name: bmrs_u, p2: 40}"], ["p2", "noise.log_a"]),
+        (["train.criterion={name: bmrs_n, sigma_p: 0}"], ["sigma_p", "> 0"]),
+        (["train.criterion={name: bmrs_n, mu_p: [1]}"], ["mu_p", "null"]),
+        (["train.criterion={name: snr, threshold: -1}"], ["threshold", ">= 0"]),
+        (["train.criterion={name: l2, ratio: half}"], ["ratio", "[0, 1)"]),
+        (["post_training.enabled=true", "post_training.criteria=[{name: bmrs_u, p1: abc}]"], ["post_training", "p1", "'abc'"]),
+        (["post_training.enabled=true", "post_training.criteria=[{name: bmrs_u, p1: -3}]"], ["post_training", "p1"]),
+        # The prior check runs on post-training criteria too.
+        (["post_training.enabled=true", "post_training.criteria=[{name: bmrs_u, p2: 40}]"], ["post_training.criteria[0]", "p2", "noise.log_a"]),
+        (["train.criterion={name: bmrs_u, p1: 4}", "noise.log_b=-4"], ["p1 = 4", "noise.log_b"]),
     ],
 )
 def test_criterion_settings_are_checked_at_load(workdir, capsys, args, fragments):
@@ -89,13 +92,13 @@ def test_criterion_settings_are_checked_at_load(workdir, capsys, args, fragments
 
 
 def test_good_criterion_settings_still_load():
-    config = load_flow(FLOWS, "default", ["train.criterion=bmrs_u", "train.criterion_settings={p1: 4, p2: 20}"])
-    assert config.train.criterion_settings == {"p1": 4, "p2": 20}
-    # YAML reads 1e-6 (no dot) as a string; a criterion takes it as the number it spells.
-    from bmrs.criteria import build_criterion
+    from bmrs.criteria import BMRSLogNormal, BMRSLogUniform
 
-    settings = load_flow(FLOWS, "default", ["train.criterion_settings={sigma_p: 1e-6}"]).train.criterion_settings
-    assert build_criterion("bmrs_n", **settings).sigma_p == 1e-6
+    config = load_flow(FLOWS, "default", ["train.criterion={name: bmrs_u, p1: 4, p2: 20}"])
+    assert config.train.criterion == BMRSLogUniform(p1=4, p2=20)
+    # YAML reads 1e-6 (no dot) as a string; a criterion takes it as the number it spells.
+    criterion = load_flow(FLOWS, "default", ["train.criterion={name: bmrs_n, sigma_p: 1e-6}"]).train.criterion
+    assert criterion == BMRSLogNormal(sigma_p=1e-6)
 
 
 # --- paths ------------------------------------------------------------------------------------
@@ -201,7 +204,7 @@ def test_duplicate_keys_are_refused_with_key_and_line(workdir, capsys, text, key
 
 
 def test_duplicate_keys_in_a_set_value_are_refused(workdir, capsys):
-    line = refused_run(capsys, "--set", "train.criterion_settings={margin: 1, margin: 2}")
+    line = refused_run(capsys, "--set", "train.criterion={name: bmrs_n, margin: 1, margin: 2}")
     assert "duplicate key 'margin'" in line
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from bmrs.criteria import BMRSLogUniform, GradientNorm, IncomingWeightNorm
 from bmrs.models import build_model
 from bmrs.train import KLWeighting
 from pipeline.config import ConfigError, load_flow
@@ -46,8 +47,7 @@ def test_overrides_reach_every_section():
         [
             "train.epochs=3",
             "train.kl_weighting=elbo",
-            "train.criterion=bmrs_u",
-            "train.criterion_settings={p1: 4}",
+            "train.criterion={name: bmrs_u, p1: 4}",
             "data.root=/somewhere/else",
             "model.name=mlp",
             "model.hidden_width=32",
@@ -60,7 +60,7 @@ def test_overrides_reach_every_section():
     )
     assert config.train.epochs == 3
     assert config.train.kl_weighting is KLWeighting.ELBO
-    assert config.method == "bmrs_u" and config.train.criterion_settings == {"p1": 4}
+    assert config.method == "bmrs_u" and config.train.criterion == BMRSLogUniform(p1=4)
     assert config.data.root == "/somewhere/else"
     assert config.model.options() == {"hidden_width": 32, "hidden_layers": 1}
     assert config.noise.init_log_sigma == -3.0
@@ -77,21 +77,33 @@ def test_exponent_notation_without_a_dot_is_a_number():
         load_flow(REPO_FLOWS, "default", ["train.lr=.nan"])
 
 
-def test_none_method_means_no_noise():
-    assert load_flow(REPO_FLOWS, "default", ["train.criterion=none"]).train.criterion is None
+def test_null_criterion_is_the_dense_method():
+    config = load_flow(REPO_FLOWS, "default", ["train.criterion=null"])
+    assert config.train.criterion is None and config.method == "none"
+
+
+def test_a_criterion_is_one_typed_value_in_either_form():
+    by_name = load_flow(REPO_FLOWS, "default", ["train.criterion=bmrs_u"]).train.criterion
+    assert by_name == BMRSLogUniform()
+    by_mapping = load_flow(REPO_FLOWS, "default", ["train.criterion={name: l2, ratio: 0.3}"]).train.criterion
+    assert by_mapping == IncomingWeightNorm(ratio=0.3)
+    assert load_flow(REPO_FLOWS, "mlp_fmnist_bmrs_u8").train.criterion == BMRSLogUniform(p1=8)
 
 
 @pytest.mark.parametrize(
     "override, fragment",
     [
         ("train.epochz=3", "default.train.epochz: unknown setting"),
-        ("train.criterion=magic", "unknown method 'magic'"),
+        ("train.criterion=magic", "unknown pruning criterion 'magic'"),
+        ("train.criterion=none", "for the unpruned model write null"),
+        ("train.criterion={p1: 4}", "a criterion given as a mapping needs its name"),
+        ("train.criterion={name: bmrs_n, p1: 4}", "criterion 'bmrs_n' has no setting 'p1'"),
         ("model.name=resnet", "unknown model 'resnet'"),
         ("data.dataset=imagenet", "unknown dataset 'imagenet'"),
         ("train.lr=fast", "default.train.lr: expected a finite number"),
         ("train.epochs=0", "train.epochs must be >= 1"),
         ("train.kl_weighting=strong", "not one of ['elbo', 'layer_mean']"),
-        ("train.criterion_settings={p1: 4}", "bmrs_n has no such setting"),
+        ("train.criterion_settings={p1: 4}", "a criterion now carries its own settings"),
         ("train=3", "expected a mapping"),
         ("noise.start_on=features", "default.noise.start_on: expected a list"),
         ("nonsense", "expected key=value"),
@@ -222,7 +234,7 @@ def test_post_training_section_defaults_and_the_shipped_flow():
 
     default = load_flow(REPO_FLOWS, "default")
     assert default.post_training.enabled is False  # the default flow's stages are unchanged
-    assert default.post_training.criteria == tuple(CRITERIA) and "none" not in default.post_training.criteria
+    assert default.post_training.criteria == tuple(cls() for cls in CRITERIA.values())
     flow = load_flow(REPO_FLOWS, "lenet5_fmnist_post_training")
     section = flow.post_training
     assert section.enabled and section.steps == 10 and section.finetune_epochs == 1 and section.epochs is None
@@ -235,30 +247,29 @@ def test_post_training_overrides_reach_the_library_config():
     from pipeline.config import flow_config_from_dict
 
     config = load_flow(REPO_FLOWS, "default", [
-        "post_training.enabled=true", "post_training.criteria=[bmrs_u, grad]",
-        "post_training.criterion_settings={bmrs_u: {p1: 4}}", "post_training.steps=4",
+        "post_training.enabled=true", "post_training.criteria=[{name: bmrs_u, p1: 4}, grad]", "post_training.steps=4",
         "post_training.finetune_epochs=0", "post_training.epochs=3", "train.seed=5",
     ])  # fmt: skip
     section = config.post_training
-    assert section.criteria == ("bmrs_u", "grad") and section.train_config(config.train).epochs == 3
-    library = section.for_criterion("bmrs_u", config.train)
-    assert (library.criterion, library.criterion_settings, library.steps, library.finetune_epochs) == ("bmrs_u", {"p1": 4}, 4, 0)
+    assert section.criteria == (BMRSLogUniform(p1=4), GradientNorm()) and section.train_config(config.train).epochs == 3
+    library = section.for_criterion(section.criteria[0], config.train)
+    assert (library.criterion, library.steps, library.finetune_epochs) == (BMRSLogUniform(p1=4), 4, 0)
     assert (library.lr, library.batch_size, library.seed) == (config.train.lr, config.train.batch_size, 5)
-    assert section.for_criterion("grad", config.train).criterion_settings == {}
     assert flow_config_from_dict(json.loads(json.dumps(config.to_dict()))) == config  # config.json round trip
 
 
 @pytest.mark.parametrize(
     "override, fragment",
     [
-        ("post_training.criteria=[magic]", "unknown criterion 'magic'; choose from ['bmrs_n', 'bmrs_u', 'etheta', 'grad', 'l2', 'snr']"),
-        ("post_training.criteria=[none]", "'none' has no ranking to prune by"),
+        ("post_training.criteria=[magic]", "unknown pruning criterion 'magic'; choose one of ['bmrs_n', 'bmrs_u', 'etheta', 'grad', 'l2', 'snr']"),
+        ("post_training.criteria=[none]", "'none' is not a criterion"),
         ("post_training.criteria=[]", "criteria is empty"),
         ("post_training.criteria=[l2, l2]", "names a criterion twice"),
         ("post_training.criteria=l2", "post_training.criteria: expected a list"),
-        ("post_training.criterion_settings={bmrs_u: {p1: 4}}", "'bmrs_u' is not in criteria"),
-        ("post_training.criterion_settings={bmrs_n: {p1: 4}}", "criterion 'bmrs_n' has no setting 'p1'"),
-        ("post_training.criterion_settings={l2: 3}", "criterion_settings.l2: expected a mapping"),
+        ("post_training.criteria=[bmrs_u, {name: bmrs_u, p1: 4}]", "names a criterion twice"),
+        ("post_training.criteria=[{name: bmrs_n, p1: 4}]", "criterion 'bmrs_n' has no setting 'p1'"),
+        ("post_training.criteria=[3]", "a criterion is a name such as 'bmrs_n'"),
+        ("post_training.criterion_settings={l2: {ratio: 0.3}}", "a criterion now carries its own settings"),
         ("post_training.steps=0", "post_training.steps must be an integer >= 1"),
         ("post_training.finetune_epochs=-1", "post_training.finetune_epochs must be an integer >= 0"),
         ("post_training.epochs=0", "epochs must be >= 1, or null for train.epochs"),
@@ -267,7 +278,14 @@ def test_post_training_overrides_reach_the_library_config():
     ],
 )
 def test_bad_post_training_settings(override, fragment):
-    criteria = ["post_training.criteria=[bmrs_n, l2]"] if "criterion_settings" in override else []
     with pytest.raises(ConfigError) as error:
-        load_flow(REPO_FLOWS, "default", [*criteria, override])
+        load_flow(REPO_FLOWS, "default", [override])
     assert fragment in str(error.value) and str(error.value).startswith("default.post_training")
+
+
+def test_post_training_criteria_are_checked_against_the_prior_only_when_the_stage_runs():
+    # The default list holds BMRS_U at p2 = 23, which needs noise.log_a <= -15.9.
+    config = load_flow(REPO_FLOWS, "default", ["noise.log_a=-10", "train.criterion=bmrs_n"])
+    assert config.noise.log_a == -10.0
+    with pytest.raises(ConfigError, match=r"post_training.criteria\[1\]: criterion 'bmrs_u': p2 = 23"):
+        load_flow(REPO_FLOWS, "default", ["noise.log_a=-10", "post_training.enabled=true"])

@@ -1,0 +1,18 @@
+"""Pruning criteria: the protocol and registry (``base``), the Bayesian model reduction criteria
+BMRS_N and BMRS_U (``bmr``) and the paper's baselines SNR, E[theta], L2 and gradient (``baselines``).
+
+A criterion is its own configuration: ``BMRSLogUniform(p1=4)`` in Python, ``{name: bmrs_u, p1: 4}``
+or ``bmrs_u`` in ``flows.yaml`` (``criterion_from``)."""
+from bmrs.criteria.base import (
+    CRITERIA, Criterion, Decision, LayerView, build_criterion, changed_settings, check_criterion, complete_settings, criterion_from,
+    criterion_name, criterion_settings, register_criterion, settings_of,
+)  # fmt: skip
+# BMR first: the registry's order is the order reports and default criteria lists show.
+from bmrs.criteria.bmr import BMRSLogNormal, BMRSLogUniform  # isort: skip
+from bmrs.criteria.baselines import ExpectedNoise, GradientNorm, IncomingWeightNorm, SignalToNoise, incoming_weight_norm  # isort: skip
+
+__all__ = [
+    "CRITERIA", "BMRSLogNormal", "BMRSLogUniform", "Criterion", "Decision", "ExpectedNoise", "GradientNorm",
+    "IncomingWeightNorm", "LayerView", "SignalToNoise", "build_criterion", "changed_settings", "check_criterion", "complete_settings",
+    "criterion_from", "criterion_name", "criterion_settings", "incoming_weight_norm", "register_criterion", "settings_of",
+]  # fmt: skip
