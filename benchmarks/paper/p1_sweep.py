@@ -21,7 +21,6 @@ from typing import Any
 
 from benchmarks.paper import runner
 from benchmarks.paper.experiment import (
-    load_data,
     run_cached,
     run_record,
     train_and_measure,
@@ -137,11 +136,7 @@ def run_configs(args: argparse.Namespace) -> dict[tuple[float, int], FlowConfig]
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        configs = run_configs(args)
-        load_data(next(iter(configs.values())).data)  # a missing dataset fails here, not once per run
-    except (ValueError, TypeError) as error:  # ConfigError among them: a bad --set, as bmrs run reports it
-        runner.bad_input("p1_sweep", error)
+    configs = runner.checked_configs("p1_sweep", run_configs, args)
     p1_values, seeds = list(dict.fromkeys(p1 for p1, _ in configs)), list(dict.fromkeys(seed for _, seed in configs))
     out = Path(args.out)
     stem = f"{args.dataset}-{args.model}"

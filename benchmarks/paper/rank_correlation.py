@@ -251,11 +251,7 @@ def run_configs(args: argparse.Namespace) -> dict[int, FlowConfig]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        configs = run_configs(args)
-        load_data(next(iter(configs.values())).data)  # a missing dataset fails here, not once per seed
-    except (ValueError, TypeError) as error:  # ConfigError among them: a bad --set, as bmrs run reports it
-        runner.bad_input("rank_correlation", error)
+    configs = runner.checked_configs("rank_correlation", run_configs, args)
     seeds = list(configs)
     out = Path(args.out)
     stem = f"{args.dataset}-{args.model}"

@@ -41,6 +41,7 @@ from typing import Any, NoReturn
 import torch
 import yaml
 
+from benchmarks.paper.experiment import load_data
 from bmrs.nn.noise import LogNormalNoise
 from pipeline.config import ConfigError, FlowConfig, load_flow, parse_overrides
 
@@ -151,6 +152,18 @@ def bad_input(prog: str, error: BaseException | str) -> NoReturn:
     """One line naming what is wrong, and exit status 2, as ``bmrs run`` answers bad input."""
     print(f"{prog}: error: {error}", file=sys.stderr)
     raise SystemExit(EXIT_BAD_INPUT)
+
+
+def checked_configs(prog: str, run_configs: Callable[[argparse.Namespace], Mapping[Any, FlowConfig]],
+                    args: argparse.Namespace) -> Mapping[Any, FlowConfig]:
+    """``run_configs(args)``, and the first run's data loaded once, so that a bad ``--set`` or a
+    missing dataset ends as one line and exit 2 here, not once per run."""
+    try:
+        configs = run_configs(args)
+        load_data(next(iter(configs.values())).data)
+    except (ValueError, TypeError) as error:  # ConfigError among them: a bad --set, as bmrs run reports it
+        bad_input(prog, error)
+    return configs
 
 
 def check_jobs(jobs: int) -> int:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.paper import p1_sweep
+from benchmarks.paper import p1_sweep, runner
 from benchmarks.paper.p1_sweep import check_p1, main
 from benchmarks.paper.runner import (
     FLOWS,
@@ -103,7 +103,7 @@ def test_sweep_writes_summary_reuses_cache_and_reports_failures(tmp_path, monkey
     ],
 )
 def test_bad_input_is_refused_before_training_in_one_line(arguments, message, capsys, monkeypatch):
-    monkeypatch.setattr(p1_sweep, "load_data", lambda config: pytest.fail("the data was loaded for bad input"))
+    monkeypatch.setattr(runner, "load_data", lambda config: pytest.fail("the data was loaded for bad input"))
     with pytest.raises(SystemExit) as stopped:
         main(["--model", "mlp", *arguments, "--out", "/nonexistent/never-written"])
     assert stopped.value.code == 2

@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy import stats
 
-from benchmarks.paper import rank_correlation
+from benchmarks.paper import rank_correlation, runner
 from benchmarks.paper.rank_correlation import (
     average_ranks,
     main,
@@ -129,7 +129,7 @@ def test_scores_are_cached_and_a_new_criterion_only_costs_scoring(tmp_path, monk
     ],
 )
 def test_bad_input_is_refused_before_training(arguments, message, capsys, monkeypatch):
-    monkeypatch.setattr(rank_correlation, "load_data", lambda config: pytest.fail("the data was loaded for bad input"))
+    monkeypatch.setattr(runner, "load_data", lambda config: pytest.fail("the data was loaded for bad input"))
     with pytest.raises(SystemExit) as stopped:
         main(["--model", "mlp", *arguments, "--out", "/nonexistent/never-written"])
     assert stopped.value.code == 2
