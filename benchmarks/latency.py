@@ -1,4 +1,6 @@
-"""Interleaved ONNX Runtime latency benchmark for dense vs pruned models.
+"""Interleaved latency benchmark for dense vs pruned models: the ONNX files through ONNX Runtime
+(``measure_latency``) and the PyTorch modules they were exported from, eager
+(``measure_torch_latency``). Both take one ``LatencyConfig`` and return a ``LatencyReport``.
 
 All models are timed inside the same loop, one run each in turn, so slow drift
 (thermal throttling, frequency scaling, noisy neighbours) lands on every model
@@ -9,11 +11,11 @@ from __future__ import annotations
 
 import gc
 import os
-import math
 import time
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
@@ -27,16 +29,33 @@ from benchmarks.ort_runtime import (  # noqa: F401  (re-exported: the latency AP
     require_providers,
     single_float_input,
 )
+from benchmarks.torch_runtime import (  # noqa: F401  (TorchDevice, available_torch_devices: the API too)
+    TorchDevice,
+    as_torch_device,
+    available_torch_devices,
+    describe_module,
+    describe_torch,
+    on_device,
+    require_torch_devices,
+    synchronize,
+    timed_call,
+)
+from benchmarks.latency_report import (  # noqa: F401  (re-exported: the latency API names them)
+    DENSE_NAME,
+    PERCENTILE_METHOD,
+    PRUNED_NAME,
+    SPEEDUP_KEY,
+    BatchResult,
+    LatencyReport,
+    LatencyStats,
+    ProviderResult,
+    Runtime,
+    ScheduledRun,
+    _speedup,
+)
 
-# numpy's default (Hyndman & Fan type 7): linear interpolation between the two
-# nearest order statistics. Named explicitly so reports stay comparable across
-# numpy versions and so the report can state how percentiles were computed.
-PERCENTILE_METHOD = "linear"
-
-# Reserved key in the per-batch dictionary of LatencyReport.to_dict().
-SPEEDUP_KEY = "speedup_p50"
-DENSE_NAME = "dense"
-PRUNED_NAME = "pruned"
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def _positive_int(name: str, value: object, *, allow_zero: bool = False) -> int:
@@ -59,6 +78,10 @@ class LatencyConfig:
     record_schedule: keep the (provider, batch size, model) order of every timed
     run in the report, to audit the interleaving. Off by default: it grows with
     repeats.
+    intra_op_threads: ORT's intra-op threads, and torch's (``torch.set_num_threads``,
+    restored afterwards) while ``measure_torch_latency`` runs; None: each library's default.
+    torch_devices: where ``measure_torch_latency`` times the modules; None: CPU, plus
+    CUDA when ``torch.cuda.is_available()``; (): none (the flow then times ORT only).
     """
 
     batch_sizes: tuple[int, ...] = (1, 256)
@@ -69,6 +92,7 @@ class LatencyConfig:
     seed: int = 0
     thread_spinning: bool = False
     record_schedule: bool = False
+    torch_devices: tuple[TorchDevice, ...] | None = None
 
     def __post_init__(self) -> None:
         # Lists (e.g. from YAML) and provider strings are accepted, then frozen
@@ -78,6 +102,10 @@ class LatencyConfig:
         object.__setattr__(self, "batch_sizes", sizes)
         providers = _unique_tuple("providers", self.providers, "(Provider.CPU,)", _as_provider)
         object.__setattr__(self, "providers", providers)
+        if self.torch_devices is not None:
+            devices = () if self.torch_devices in ((), []) else _unique_tuple(
+                "torch_devices", self.torch_devices, "(TorchDevice.CPU,)", as_torch_device)
+            object.__setattr__(self, "torch_devices", devices)
         _positive_int("warmup", self.warmup, allow_zero=True)
         _positive_int("repeats", self.repeats)
         if self.intra_op_threads is not None:
@@ -97,117 +125,6 @@ def _unique_tuple(name: str, value: object, example: str, convert) -> tuple:
     return items
 
 
-@dataclass(frozen=True)
-class LatencyStats:
-    """Latency of one model at one batch size on one provider, in milliseconds."""
-
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    mean_ms: float
-    runs: int
-
-    @classmethod
-    def from_ns(cls, samples_ns: np.ndarray) -> LatencyStats:
-        ms = samples_ns.astype(np.float64) / 1e6
-        p50, p90, p99 = np.percentile(ms, [50, 90, 99], method=PERCENTILE_METHOD)
-        return cls(float(p50), float(p90), float(p99), float(ms.mean()), int(ms.size))
-
-    def to_dict(self) -> dict:
-        return {k: v if k == "runs" else _json_float(v) for k, v in asdict(self).items()}
-
-
-@dataclass(frozen=True)
-class BatchResult:
-    batch_size: int
-    models: tuple[tuple[str, LatencyStats], ...]
-    speedup_p50: float | None  # p50(dense) / p50(pruned); None without both names
-
-    def stats(self, model: str) -> LatencyStats:
-        """``model``'s latency at this batch size; ValueError naming the models timed otherwise."""
-        timed = dict(self.models)
-        if model not in timed:
-            raise ValueError(f"no model {model!r} was timed at batch size {self.batch_size}; timed: {sorted(timed)}")
-        return timed[model]
-
-
-@dataclass(frozen=True)
-class ProviderResult:
-    provider: Provider
-    batches: tuple[BatchResult, ...]
-
-
-@dataclass(frozen=True)
-class ScheduledRun:
-    provider: Provider
-    batch_size: int
-    model: str
-
-
-@dataclass(frozen=True)
-class LatencyReport:
-    onnxruntime_version: str
-    machine: Mapping[str, object]  # platform, processor, CPU counts; see describe_machine
-    input_shape: tuple[int, ...]
-    model_paths: tuple[tuple[str, str], ...]
-    warmup: int
-    repeats: int
-    seed: int
-    intra_op_threads: int | None  # None: ORT's default, one thread per physical core
-    thread_spinning: bool
-    results: tuple[ProviderResult, ...]
-    percentile_method: str = PERCENTILE_METHOD
-    schedule: tuple[ScheduledRun, ...] | None = None
-    timer: str = "time.perf_counter_ns around InferenceSession.run"
-
-    def batch(self, batch_size: int, provider: Provider | str = Provider.CPU) -> BatchResult:
-        """What was measured at ``batch_size`` on ``provider``: each model's ``LatencyStats``
-        (``.stats(name)``) and ``speedup_p50``. ValueError naming what was measured when that pair
-        was not."""
-        provider = _as_provider(provider)
-        for result in self.results:
-            for batch in result.batches:
-                if result.provider is provider and batch.batch_size == batch_size:
-                    return batch
-        measured = [(r.provider.value, b.batch_size) for r in self.results for b in r.batches]
-        raise ValueError(
-            f"no latency measured at batch size {batch_size!r} on {provider.value}; measured (provider, batch size): "
-            f"{measured}; add it to LatencyConfig.batch_sizes / providers"
-        )
-
-    def to_dict(self) -> dict:
-        """JSON-safe view: string keys only, no NaN/inf (those become None)."""
-        by_provider: dict[str, dict] = {}
-        for result in self.results:
-            per_batch = {}
-            for batch in result.batches:
-                entry: dict = {name: stats.to_dict() for name, stats in batch.models}
-                if _has_dense_and_pruned(dict(batch.models)):
-                    entry[SPEEDUP_KEY] = _json_float(batch.speedup_p50)
-                per_batch[str(batch.batch_size)] = entry
-            by_provider[result.provider.value] = per_batch
-        out = {
-            "onnxruntime_version": self.onnxruntime_version,
-            "machine": dict(self.machine),
-            "input_shape": list(self.input_shape),
-            "models": dict(self.model_paths),
-            "warmup": self.warmup,
-            "repeats": self.repeats,
-            "seed": self.seed,
-            "intra_op_threads": self.intra_op_threads,
-            "thread_spinning": self.thread_spinning,
-            "percentile_method": self.percentile_method,
-            "timer": self.timer,
-            "by_provider": by_provider,
-        }
-        if self.schedule is not None:
-            out["schedule"] = [
-                {"provider": r.provider.value, "batch_size": r.batch_size, "model": r.model}
-                for r in self.schedule
-            ]
-        return out
-
-
 def measure_latency(
     models: Mapping[str, Path],
     input_shape: tuple[int, ...],
@@ -220,23 +137,19 @@ def measure_latency(
     """
     paths = _check_models(models)
     shape = _check_input_shape(input_shape)
-    if not isinstance(config, LatencyConfig):
-        raise TypeError(f"config must be a LatencyConfig, got {type(config).__name__}.")
+    _check_config(config)
     require_providers(config.providers)
 
-    rng = np.random.default_rng(config.seed)
-    schedule: list[ScheduledRun] | None = [] if config.record_schedule else None
-    results = []
-    for provider in config.providers:
-        batches = []
-        for batch_size in config.batch_sizes:
-            # One input for all models so they do identical work on identical data.
-            x = rng.standard_normal((batch_size, *shape), dtype=np.float32)
-            samples = _time_interleaved(paths, provider, x, config, schedule)
-            stats = tuple((name, LatencyStats.from_ns(ns)) for name, ns in samples.items())
-            batches.append(BatchResult(batch_size, stats, _speedup(dict(stats))))
-        results.append(ProviderResult(provider, tuple(batches)))
+    def time_batch(provider: Provider, x: np.ndarray, schedule: list[ScheduledRun] | None) -> dict[str, np.ndarray]:
+        calls = []
+        for name, path in paths.items():
+            session = open_session(path, provider, intra_op_threads=config.intra_op_threads,
+                                   thread_spinning=config.thread_spinning)
+            feed = {single_float_input(name, session, x.shape): x}
+            calls.append((name, lambda session=session, feed=feed: session.run(None, feed)))
+        return _round_robin(calls, provider, x.shape[0], config, schedule)
 
+    results, schedule = _measure(config.providers, shape, config, time_batch)
     return LatencyReport(
         onnxruntime_version=ort.__version__,
         machine=describe_machine(),
@@ -247,43 +160,160 @@ def measure_latency(
         seed=config.seed,
         intra_op_threads=config.intra_op_threads,
         thread_spinning=config.thread_spinning,
-        results=tuple(results),
-        schedule=tuple(schedule) if schedule is not None else None,
+        results=results,
+        schedule=schedule,
     )
 
 
-def _time_interleaved(
-    paths: dict[str, Path],
-    provider: Provider,
-    x: np.ndarray,
+def check_runtimes(config: LatencyConfig) -> None:
+    """Refuse (``ValueError`` naming it and the fix) an ONNX Runtime provider or a PyTorch device that
+    ``config`` asks for by name and this machine cannot run: what a run checks before it trains."""
+    require_providers(config.providers)
+    if config.torch_devices:
+        require_torch_devices(config.torch_devices)
+
+
+def measure_torch_latency(
+    models: Mapping[str, nn.Module],
+    input_shape: tuple[int, ...],
+    config: LatencyConfig = LatencyConfig(),
+) -> LatencyReport:
+    """PyTorch eager latency of ``models`` (the modules the ONNX files were exported from), timed
+    exactly as ``measure_latency`` times the files: the same batch sizes, warm-up, repeats,
+    round-robin order and random inputs (same seed), rows keyed by ``TorchDevice`` values
+    ("torch-cpu", "torch-cuda") on ``config.torch_devices``.
+
+    Runs under ``torch.inference_mode()`` on copies of the modules in evaluation mode (the caller's
+    keep their device and mode), moved to each device once. Each batch's input is copied to the
+    device once, before warm-up: the host-to-device copy is never in the timed region. On CUDA every
+    timed run ends with ``torch.cuda.synchronize()``, so a sample covers the GPU's work, not only its launch.
+    """
+    import torch
+
+    modules = _check_modules(models)
+    shape = _check_input_shape(input_shape)
+    _check_config(config)
+    if config.torch_devices == ():
+        raise ValueError("LatencyConfig.torch_devices is empty, so there is nothing to time; name devices, "
+                         "e.g. (TorchDevice.CPU,), or leave it None for CPU plus CUDA when available.")
+    devices = available_torch_devices() if config.torch_devices is None else config.torch_devices
+    require_torch_devices(devices)
+
+    placed: dict[TorchDevice, dict[str, nn.Module]] = {}  # each device's copies, made once
+
+    def time_batch(device: TorchDevice, x: np.ndarray, schedule: list[ScheduledRun] | None) -> dict[str, np.ndarray]:
+        if device not in placed:
+            placed.clear()  # the previous device's copies are done with
+            placed[device] = on_device(modules, device)
+        x_on_device = torch.from_numpy(x).to(device.torch_name)
+        calls = [(name, timed_call(model, x_on_device, device)) for name, model in placed[device].items()]
+        return _round_robin(calls, device, x.shape[0], config, schedule, after_warmup=lambda: synchronize(device))
+
+    threads = torch.get_num_threads()
+    if config.intra_op_threads is not None:
+        torch.set_num_threads(config.intra_op_threads)
+    try:
+        with torch.inference_mode():
+            results, schedule = _measure(devices, shape, config, time_batch)
+        machine = describe_machine()
+        described = describe_torch(devices, str(machine["processor"]))
+    finally:
+        torch.set_num_threads(threads)
+    return LatencyReport(
+        onnxruntime_version=None,
+        machine=machine,
+        input_shape=shape,
+        model_paths=tuple((name, describe_module(model)) for name, model in modules.items()),
+        warmup=config.warmup,
+        repeats=config.repeats,
+        seed=config.seed,
+        intra_op_threads=config.intra_op_threads,
+        thread_spinning=None,
+        results=results,
+        schedule=schedule,
+        timer="time.perf_counter_ns around model(x) under torch.inference_mode(), x already on the device; "
+        "on CUDA ending with torch.cuda.synchronize()",
+        torch=described,
+    )
+
+
+TimeBatch = Callable[[Runtime, np.ndarray, "list[ScheduledRun] | None"], "dict[str, np.ndarray]"]
+
+
+def _measure(
+    runtimes: tuple[Runtime, ...], shape: tuple[int, ...], config: LatencyConfig, time_batch: TimeBatch
+) -> tuple[tuple[ProviderResult, ...], tuple[ScheduledRun, ...] | None]:
+    # One input per batch size, drawn from the seed, for every runtime and model: ORT and torch,
+    # dense and pruned do identical work on identical data.
+    rng = np.random.default_rng(config.seed)
+    inputs = {b: rng.standard_normal((b, *shape), dtype=np.float32) for b in config.batch_sizes}
+    schedule: list[ScheduledRun] | None = [] if config.record_schedule else None
+    results = []
+    for runtime in runtimes:
+        batches = []
+        for batch_size, x in inputs.items():
+            samples = time_batch(runtime, x, schedule)
+            stats = tuple((name, LatencyStats.from_ns(ns, batch_size)) for name, ns in samples.items())
+            batches.append(BatchResult(batch_size, stats, _speedup(dict(stats))))
+        results.append(ProviderResult(runtime, tuple(batches)))
+    return tuple(results), tuple(schedule) if schedule is not None else None
+
+
+def _round_robin(
+    calls: list[tuple[str, Callable[[], object]]],
+    runtime: Runtime,
+    batch_size: int,
     config: LatencyConfig,
     schedule: list[ScheduledRun] | None,
+    after_warmup: Callable[[], None] = lambda: None,
 ) -> dict[str, np.ndarray]:
-    shape = tuple(x.shape)
-    runs = []  # (name, session, feed, samples) in round-robin order
-    for name, path in paths.items():
-        session = open_session(path, provider, intra_op_threads=config.intra_op_threads,
-                               thread_spinning=config.thread_spinning)
-        feed = {single_float_input(name, session, shape): x}
+    """Warm each model up in turn, then time one call of each model per repeat, in ``calls`` order."""
+    for _, call in calls:
         for _ in range(config.warmup):
-            session.run(None, feed)
-        runs.append((name, session, feed, np.empty(config.repeats, dtype=np.int64)))
-
+            call()
+    after_warmup()
+    samples = {name: np.empty(config.repeats, dtype=np.int64) for name, _ in calls}
     # A GC pause would be charged to whichever model happens to be running.
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
         for i in range(config.repeats):
-            for name, session, feed, samples in runs:
+            for name, call in calls:
                 start = time.perf_counter_ns()
-                session.run(None, feed)
-                samples[i] = time.perf_counter_ns() - start
+                call()
+                samples[name][i] = time.perf_counter_ns() - start
                 if schedule is not None:
-                    schedule.append(ScheduledRun(provider, shape[0], name))
+                    schedule.append(ScheduledRun(runtime, batch_size, name))
     finally:
         if gc_was_enabled:
             gc.enable()
-    return {name: samples for name, _, _, samples in runs}
+    return samples
+
+
+def _check_config(config: object) -> None:
+    if not isinstance(config, LatencyConfig):
+        raise TypeError(f"config must be a LatencyConfig, got {type(config).__name__}.")
+
+
+def _check_name(name: object) -> None:
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"Model names must be non-empty strings, got {name!r}.")
+    if name == SPEEDUP_KEY:
+        raise ValueError(f"Model name {name!r} is reserved for the speedup ratio; rename the model.")
+
+
+def _check_modules(models: Mapping[str, nn.Module]) -> dict[str, nn.Module]:
+    from torch import nn
+
+    if not isinstance(models, Mapping) or not models:
+        raise TypeError(f"models must be a non-empty mapping of name -> torch.nn.Module, e.g. "
+                        f"{{'dense': dense_model, 'pruned': sliced_model}}; got {models!r}.")
+    for name, model in models.items():
+        _check_name(name)
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"Model {name!r} must be a torch.nn.Module, got {type(model).__name__}; "
+                            "ONNX files go to measure_latency.")
+    return dict(models)
 
 
 def _check_models(models: Mapping[str, Path]) -> dict[str, Path]:
@@ -294,10 +324,7 @@ def _check_models(models: Mapping[str, Path]) -> dict[str, Path]:
         )
     paths = {}
     for name, path in models.items():
-        if not isinstance(name, str) or not name:
-            raise TypeError(f"Model names must be non-empty strings, got {name!r}.")
-        if name == SPEEDUP_KEY:
-            raise ValueError(f"Model name {name!r} is reserved for the speedup ratio; rename the model.")
+        _check_name(name)
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"Path for model {name!r} must be a str or Path, got {path!r}.")
         path = Path(path)
@@ -316,21 +343,3 @@ def _check_input_shape(input_shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(_positive_int("input_shape item", d) for d in input_shape)
 
 
-def _has_dense_and_pruned(stats: Mapping[str, LatencyStats]) -> bool:
-    return DENSE_NAME in stats and PRUNED_NAME in stats
-
-
-def _speedup(stats: Mapping[str, LatencyStats]) -> float | None:
-    if not _has_dense_and_pruned(stats):
-        return None
-    pruned = stats[PRUNED_NAME].p50_ms
-    # Below timer resolution the ratio is meaningless rather than infinite.
-    if pruned <= 0:
-        return None
-    return stats[DENSE_NAME].p50_ms / pruned
-
-
-def _json_float(value: float | None) -> float | None:
-    if value is None or not math.isfinite(value):
-        return None
-    return float(value)

@@ -17,7 +17,9 @@ One verb per stage, each taking a frozen config; the CLI (``bmrs run``) composes
              ``onnx_metrics(path, split)`` (the same, of the ONNX file itself),
              ``check_data_parity(reference, path, images, config, describe=...)`` (the file against
              the evaluated model on real data), ``LatencyConfig`` -> ``measure_latency(models,
-             input_shape, config)`` -> ``LatencyReport`` (ONNX Runtime, models timed interleaved).
+             input_shape, config)`` -> ``LatencyReport`` (ONNX Runtime, models timed interleaved),
+             ``measure_torch_latency(modules, input_shape, config)`` (the same, PyTorch eager on
+             ``TorchDevice`` CPU and CUDA).
 
 Sub-packages: ``bmrs.criteria`` (the pruning criteria and their registry), ``bmrs.data``,
 ``bmrs.models``, ``bmrs.nn`` (noise layers, where noise goes, the fold), ``bmrs.train``,
@@ -46,7 +48,7 @@ _NAMES = {
     "ClassificationMetrics": "bmrs.train.metrics", "classification_metrics": "bmrs.train.metrics",
     "onnx_metrics": "export.verify", "check_data_parity": "export.verify", "DataParity": "export.verify",
     "LatencyConfig": "benchmarks.latency", "LatencyReport": "benchmarks.latency", "Provider": "benchmarks.latency",
-    "measure_latency": "benchmarks.latency",
+    "measure_latency": "benchmarks.latency", "measure_torch_latency": "benchmarks.latency", "TorchDevice": "benchmarks.latency",
 }  # fmt: skip
 
 __all__ = [*_SUBPACKAGES, *_NAMES]

@@ -30,7 +30,6 @@ from collections import Counter
 from dataclasses import dataclass
 
 import torch
-import torch_pruning as tp
 from torch import Tensor, nn
 
 from bmrs.nn.insert import SLICEABLE_LAYERS, NoisePoint, out_width, sliceable_layers, structure_dim
@@ -104,6 +103,10 @@ def analyse_structures(model: nn.Module, example_input: Tensor) -> StructureMap:
     """Trace ``model`` (a copy, in evaluation mode) on ``example_input`` and judge every Linear/Conv2d."""
     if not isinstance(example_input, Tensor):
         raise TypeError(f"example_input must be a Tensor batch, got {type(example_input).__name__}")
+    # Imported here, not at module level: importing bmrs.models (e.g. for the families alone, as
+    # benchmarks.latency_demo does on a bare GPU machine) must not need torch-pruning.
+    import torch_pruning as tp
+
     probe = copy.deepcopy(model).eval()
     for parameter in probe.parameters():
         parameter.requires_grad_(True)  # the graph is traced through autograd
@@ -139,6 +142,8 @@ def _judge(graph, paths: dict[int, str], calls: Counter, path: str, layer: nn.Mo
                       "weights the attention uses directly), so noise around it would never run"), ()  # fmt: skip
     if count > 1:
         return None, f"it is called {count} times in forward (a shared layer), so its outputs at every call would go together", ()
+    import torch_pruning as tp  # lazily, as in analyse_structures
+
     node = graph.module2node[layer]
     if _feeds_output(node):
         return None, "its outputs are the model's outputs (the classes); pruning it would remove classes", ()

@@ -8,7 +8,7 @@ Run directory layout, ``runs/<flow>/<run-id>/``::
     baseline/            the same for the dense "None" model
     model.onnx           the sliced model;  dense.onnx: the dense reference; each compared on real
                          test examples with the PyTorch model whose accuracy is reported
-    bench/latency.json   ORT latencies
+    bench/latency.json   ONNX Runtime and PyTorch eager latencies and throughputs
     post_training/       with post_training.enabled: checkpoint.pt and history.json of the unpruned
                          noisy model, <criterion>.json per criterion (its pruning curve), curves.png
     report.json          written last: its presence means the run finished (completed, or degraded:
@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks.latency import measure_latency
+from benchmarks.latency import check_runtimes, measure_latency, measure_torch_latency
 from benchmarks.plots import Series, line_plot
 from bmrs.artifacts import write_json
 from bmrs.train.checkpoint import load_checkpoint
@@ -97,6 +97,7 @@ def check_model(config: FlowConfig, data: DataBundle) -> None:
     model = build(config, data, noisy=True)
     prune_starts(model, config.train)
     check_sliceable(model, example_input(data))
+    check_runtimes(config.latency)  # a provider or device this machine lacks fails now, not after training
 
 
 def example_input(data: DataBundle, batch: int = 2) -> torch.Tensor:
@@ -258,25 +259,45 @@ def _best_val_accuracy(history_path: Path) -> float | None:
 
 
 def latency_stage(config: FlowConfig, data: DataBundle, run_dir: Path) -> dict[str, Any]:
+    """Time ``dense.onnx`` and ``model.onnx`` through ONNX Runtime, and the PyTorch modules they were
+    exported from eagerly (on ``latency.torch_devices``; none when it is ``[]``), dense and pruned
+    interleaved. ``bench/latency.json``: ORT's full report, with PyTorch's under ``torch_eager``.
+    Returns the report's ``latency``: per runtime (ORT provider, ``torch-cpu``, ``torch-cuda``) and
+    batch size, each model's p50/p90/p99 and throughput, and the p50 speed-up."""
     report = measure_latency(
         {"dense": run_dir / "dense.onnx", "pruned": run_dir / "model.onnx"}, data.input_shape, config.latency
     ).to_dict()
+    by_runtime = dict(report["by_provider"])
+    if config.latency.torch_devices != ():
+        torch_report = measure_torch_latency(_exported_modules(config, data, run_dir), data.input_shape, config.latency).to_dict()
+        report["torch_eager"] = torch_report
+        by_runtime.update(torch_report["by_provider"])
     write_json(run_dir / "bench" / "latency.json", report)
-    summary: dict[str, Any] = {}
-    for provider, by_batch in report["by_provider"].items():
-        summary[provider] = {
+    return {
+        runtime: {
             batch: {
-                "dense_p50_ms": row["dense"]["p50_ms"],
-                "pruned_p50_ms": row["pruned"]["p50_ms"],
-                "dense_p90_ms": row["dense"]["p90_ms"],
-                "pruned_p90_ms": row["pruned"]["p90_ms"],
-                "dense_p99_ms": row["dense"]["p99_ms"],
-                "pruned_p99_ms": row["pruned"]["p99_ms"],
+                **{f"{name}_{stat}": row[name][stat] for stat in ("p50_ms", "p90_ms", "p99_ms") for name in ("dense", "pruned")},
+                **{f"{name}_throughput_per_s": row[name]["throughput_per_s"] for name in ("dense", "pruned")},
                 "speedup_p50": row.get("speedup_p50"),
             }
             for batch, row in by_batch.items()
         }
-    return summary
+        for runtime, by_batch in by_runtime.items()
+    }
+
+
+def _exported_modules(config: FlowConfig, data: DataBundle, run_dir: Path) -> dict[str, nn.Module]:
+    """The PyTorch modules ``dense.onnx`` and ``model.onnx`` were exported from, rebuilt from the run's
+    checkpoints exactly as ``dense_stage`` and ``compress_stage`` build them (both deterministic), so
+    that the flow's stages keep exchanging paths and summaries, not modules."""
+    dense_checkpoint = run_dir / "baseline" / "checkpoint.pt"
+    if config.baseline.enabled:
+        dense = restore(config, data, dense_checkpoint, noisy=False)
+    else:
+        dense = build(config, data, noisy=False).eval()
+    noisy = config.train.criterion is not None
+    masked = restore(config, data, run_dir / "train" / "checkpoint.pt", noisy=noisy)
+    return {"dense": dense, "pruned": slice_model(masked, example_input(data)).model.eval()}
 
 
 def report_stage(
@@ -315,6 +336,7 @@ def report_stage(
         "units": {
             "flops": "multiply-accumulates per example (torch-pruning's count)",
             "latency": "milliseconds per batch",
+            "throughput_per_s": "examples per second at the median latency (batch size / p50)",
             "nll": "nats per example",
             "ece": "expected calibration error, 15 equal-width confidence bins",
         },

@@ -74,9 +74,18 @@ def test_default_flow_writes_a_complete_report(tmp_path):
     onnx.checker.check_model(str(onnx_path))
     assert 0 <= report["onnx"]["max_abs_diff"] <= 1e-4
     assert report["onnx"]["largest_output"] > 0  # the scale the parity bound was judged against
-    for batch in ("1", "16"):
-        row = report["latency"]["CPUExecutionProvider"][batch]
-        assert row["dense_p50_ms"] > 0 and row["pruned_p50_ms"] > 0
+    # ORT and PyTorch eager (the modules the files came from), each row with its throughput.
+    assert {"CPUExecutionProvider", "torch-cpu"} <= set(report["latency"])
+    for runtime in ("CPUExecutionProvider", "torch-cpu"):
+        for batch in ("1", "16"):
+            row = report["latency"][runtime][batch]
+            assert row["dense_p50_ms"] > 0 and row["pruned_p50_ms"] > 0
+            for name in ("dense", "pruned"):
+                assert row[f"{name}_throughput_per_s"] == pytest.approx(int(batch) / (row[f"{name}_p50_ms"] / 1e3))
+    bench = json.loads((run_dirs[0] / "bench" / "latency.json").read_text())
+    assert bench["by_provider"].keys() == {"CPUExecutionProvider"} and "torch-cpu" in bench["torch_eager"]["by_provider"]
+    assert bench["torch_eager"]["torch"]["intra_op_threads"] >= 1
+    assert bench["torch_eager"]["models"]["pruned"].startswith("LeNet5")
     assert json.loads((run_dirs[0] / "status.json").read_text())["state"] == "completed"
     history = json.loads((run_dirs[0] / "train" / "history.json").read_text())
     assert [h["phase"] for h in history] == ["train", "train", "finetune"]

@@ -150,6 +150,22 @@ def test_user_model_factory_failures_are_one_line(workdir, capsys, spec, fragmen
         assert fragment in line, line
 
 
+# --- latency runtimes the machine lacks: refused before training ---------------------------------
+
+
+def test_a_runtime_this_machine_lacks_is_refused_before_training(workdir, capsys):
+    import onnxruntime
+    import torch
+
+    if torch.cuda.is_available() or "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this machine has CUDA")
+    line = refused_run(capsys, "--set", "latency.torch_devices=[cuda]")
+    assert "torch-cuda" in line and "--set latency.torch_devices=[cpu]" in line, line
+    line = refused_run(capsys, "--set", "latency.providers=[CUDAExecutionProvider]")
+    assert "CUDAExecutionProvider" in line and "onnxruntime-gpu" in line, line
+    assert not (workdir / "runs").exists()  # nothing written
+
+
 # --- export opset -----------------------------------------------------------------------------
 
 
