@@ -4,6 +4,10 @@
     bmrs run ... --seeds 0 1 2                                 one run per train.seed in runs/<flow>/<group-id>/seed<k>/,
                                                                summarised as mean +- std in summary.json / summary.md
     bmrs resume RUN_DIR                                        finish an interrupted run (or seed group) in place
+    bmrs compare [flows.yaml] --flow NAME --methods M ... [--seeds ...]   every method on the same split and dense
+                                                               reference, in runs/<flow>/compare/ (finished runs reused)
+    bmrs report RUN_DIR [RUN_DIR ...] [--out DIR]              rebuild report.md (and, over several runs, the
+                                                               comparison: report.md, report.json, plots) from finished runs
 
 Exit codes: 0 completed; 2 bad input, or a run that failed cleanly (one `bmrs: error:` line, status.json
 failed; an exported ONNX model that does not match the model it stands for is such a failure);
@@ -57,6 +61,12 @@ def _parser() -> argparse.ArgumentParser:
     resume.add_argument("run_dir", metavar="RUN_DIR",
                         help="the directory `bmrs run` printed: runs/<flow>/<run-id>, a seed group or one of its seed<k>")
     resume.add_argument("--no-progress", action="store_true", help="no progress bars")
+    from pipeline.reporting.command import add_report_parser
+
+    add_report_parser(commands)
+    from pipeline.compare import add_compare_parser
+
+    add_compare_parser(commands)
     return parser
 
 
@@ -67,6 +77,14 @@ def _fail(message: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "compare":
+        from pipeline.compare import compare
+
+        return compare(args, _execute)
+    if args.command == "report":
+        from pipeline.reporting.command import report_from_args
+
+        return report_from_args(args)
     if args.command == "resume":
         return _resume(args.run_dir, no_progress=args.no_progress)
     from bmrs.data import DatasetNotFoundError
@@ -193,6 +211,14 @@ def _run_group(config: FlowConfig, seed_list: list[int], group_dir: Path) -> int
     return 0
 
 
+def _key_line(report_path: Path) -> str:
+    import json
+
+    from pipeline.reporting import key_line
+
+    return key_line(json.loads(report_path.read_text()))
+
+
 def _warn_degraded(warning: str) -> int:
     print(f"bmrs: warning: {warning}", file=sys.stderr)
     return EXIT_DEGRADED
@@ -237,8 +263,9 @@ def _execute_locked(config: FlowConfig, run_dir: Path, *, resume: bool) -> int:
         print(f"bmrs: run failed; finished stages are kept in {run_dir}; no report was written; "
               f"`bmrs resume {run_dir}` continues from the last finished epoch", file=sys.stderr)  # fmt: skip
         raise
-    print(f"bmrs: wrote {report}")
+    print(f"bmrs: wrote {report} and {report.with_name('report.md')}")
     print(f"bmrs: ONNX model {run_dir / 'model.onnx'}")
+    print(f"bmrs: {_key_line(report)}")
     warning = steps.degraded_warning(run_dir)
     return 0 if warning is None else _warn_degraded(warning)
 

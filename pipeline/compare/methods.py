@@ -1,0 +1,184 @@
+"""``bmrs compare --methods`` specs -> the ``train.criterion`` each run is made with.
+
+A spec is ``none`` (the dense model: ``train.criterion: null``), a registered criterion's name
+(``bmrs_n``), ``name:VALUE`` (BMRS_U's ``p1``: ``bmrs_u:8``) or ``name:key=value[,key=value]``
+(``bmrs_u:p1=4``, ``snr:threshold=2``); values are YAML, as in ``--set``. Every spec is checked by
+building the flow's ``FlowConfig`` with it, through the builder ``--set train.criterion=...`` goes
+through, so a bad setting is refused with the same words, before anything is written.
+
+A criterion with ``layer_ratios`` (l2, grad) given neither ``ratio`` nor ``layer_ratios`` prunes, per
+noise layer, the fraction the same seed's ``bmrs_n`` run ended with (the paper's protocol, as in
+``benchmarks.paper.table1``): ``Method.at_ratio_source``; the fractions are filled in per seed.
+Unlike table1, which also moves their pruning to after the last training epoch (``prune_start =
+epochs``), they keep the flow's schedule: a method changes ``train.criterion`` and nothing else, so
+every run of a seed has the same dense baseline (whose checkpoint records every training setting).
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import yaml
+
+from bmrs.criteria import CRITERIA, criterion_settings
+from pipeline.config import ConfigError, FlowConfig, flow_config_from_dict
+from pipeline.config.schema import DENSE_METHOD
+
+RATIO_SOURCE = "bmrs_n"  # the method whose per-layer fractions l2 and grad prune at
+RATIO_SETTINGS = ("ratio", "layer_ratios")  # given either, a fixed-fraction criterion keeps it
+SHORTHAND = {"bmrs_u": "p1"}  # name:VALUE sets this setting
+DENSE_FOLDER = "dense"  # <out>/dense/seed<k>/: the dense baseline shared by a seed's runs; no method's label
+_SETTING_SPLIT = re.compile(r",(?=\s*[A-Za-z_]\w*\s*=)")  # a comma inside a value ({a: 1, b: 2}) stays
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.=+-]")
+
+
+@dataclass(frozen=True)
+class Method:
+    spec: str  # as the user wrote it
+    label: str  # its folder under the comparison directory: bmrs_u-p1=8
+    criterion: dict[str, Any] | None  # train.criterion as a config tree holds it; None: the dense model
+    at_ratio_source: bool = False  # its layer_ratios are the same seed's bmrs_n fractions
+    is_ratio_source: bool = False  # bmrs_n at its defaults: its fractions are those the others prune at
+
+    @property
+    def name(self) -> str:
+        return DENSE_METHOD if self.criterion is None else self.criterion["name"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"spec": self.spec, "label": self.label, "method": self.name, "criterion": self.criterion,
+                "layer_ratios_from": RATIO_SOURCE if self.at_ratio_source else None, "ratio_source": self.is_ratio_source}  # fmt: skip
+
+
+def known_methods() -> str:
+    return (
+        f"known methods: {', '.join([DENSE_METHOD, *CRITERIA])}; write name:VALUE for bmrs_u's p1 (bmrs_u:8), "
+        "name:key=value[,key=value] for any setting (snr:threshold=2)"
+    )
+
+
+def _bad(spec: str, problem: str) -> ValueError:
+    return ValueError(f"--methods {spec!r}: {problem}; {known_methods()}")
+
+
+def _value(spec: str, key: str, raw: str) -> Any:
+    try:
+        return yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as error:
+        raise _bad(spec, f"the value of {key!r} is not valid YAML ({str(error).splitlines()[0]})") from None
+
+
+def _settings(spec: str, name: str, rest: str) -> dict[str, Any]:
+    if not rest.strip():
+        raise _bad(spec, "nothing follows ':'; write the criterion's name alone for its defaults")
+    if "=" not in rest:
+        if name not in SHORTHAND:
+            raise _bad(
+                spec, f"name:VALUE is shorthand for {', '.join(f'{c} {s}' for c, s in SHORTHAND.items())} only; write "
+                f"{name}:key=value with one of its settings {sorted(criterion_settings(name))}",
+            )  # fmt: skip
+        return {SHORTHAND[name]: _value(spec, SHORTHAND[name], rest)}
+    settings: dict[str, Any] = {}
+    for part in _SETTING_SPLIT.split(rest):
+        key, sep, raw = part.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise _bad(spec, f"{part.strip()!r} is not key=value")
+        if key in settings:
+            raise _bad(spec, f"sets {key!r} twice")
+        settings[key] = _value(spec, key, raw)
+    return settings
+
+
+def with_criterion(base: FlowConfig, criterion: dict[str, Any] | None) -> FlowConfig:
+    """``base`` with ``train.criterion`` replaced, built from its config tree exactly as
+    ``--set train.criterion=...`` builds it (``ConfigError`` naming the setting when it is bad)."""
+    tree = base.to_dict()
+    tree["train"]["criterion"] = None if criterion is None else dict(criterion)
+    return flow_config_from_dict(json.loads(json.dumps(tree)))
+
+
+def _label_value(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, (int, float, str)):
+        return str(value)
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def parse_method(spec: str, base: FlowConfig) -> Method:
+    """One ``--methods`` spec as a method of ``base``'s flow; ``ValueError`` (one line naming the
+    spec and the known methods) when it names nothing or sets something the criterion refuses."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise _bad(str(spec), "empty method")
+    text = spec.strip()
+    name, colon, rest = text.partition(":")
+    name = name.strip()
+    if name == DENSE_METHOD:
+        if colon:
+            raise _bad(spec, f"{DENSE_METHOD!r} (the dense model) has no settings")
+        with_criterion(base, None)
+        return Method(spec=text, label=DENSE_METHOD, criterion=None)
+    if name not in CRITERIA:
+        raise _bad(spec, f"unknown method {name!r}")
+    settings = _settings(spec, name, rest) if colon else {}
+    try:
+        config = with_criterion(base, {"name": name, **settings})
+    except ConfigError as error:
+        raise _bad(spec, str(error)) from None
+    built = config.to_dict()["train"]["criterion"]  # every setting, as the run's config.json records it
+    order = list(criterion_settings(name))
+    given = sorted(settings, key=order.index)
+    label = _UNSAFE.sub("_", "-".join([name, *(f"{key}={_label_value(built[key])}" for key in given)]))
+    fixed = any(key in settings for key in RATIO_SETTINGS)
+    at_ratio_source = "layer_ratios" in order and not fixed
+    return Method(spec=text, label=label, criterion={"name": name, **settings}, at_ratio_source=at_ratio_source)
+
+
+def parse_methods(specs: Sequence[str], base: FlowConfig) -> tuple[list[Method], Method | None]:
+    """The methods in run order (dense first, methods at the ratio source's fractions last) and the
+    ratio source that had to be added for them (None when listed or not needed)."""
+    if not specs:
+        raise ValueError(f"--methods needs at least one method, e.g. --methods none bmrs_n l2; {known_methods()}")
+    methods = [parse_method(spec, base) for spec in specs]
+    def key(method: Method) -> tuple[str, bool]:
+        criterion = with_criterion(base, method.criterion).to_dict()["train"]["criterion"]
+        return json.dumps(criterion, sort_keys=True), method.at_ratio_source
+
+    seen: dict[tuple[str, bool], Method] = {}
+    for method in methods:
+        first = seen.get(key(method)) or next((m for m in seen.values() if m.label == method.label), None)
+        if first is not None:
+            raise ValueError(f"--methods lists {first.spec!r} and {method.spec!r}, which are the same method; list it once")
+        if method.label == DENSE_FOLDER:
+            raise ValueError(f"--methods {method.spec!r}: its folder would be {DENSE_FOLDER!r}, which holds the shared dense baselines")
+        seen[key(method)] = method
+    source = parse_method(RATIO_SOURCE, base)
+    listed = seen.get(key(source))
+    added = None
+    if listed is not None:
+        methods[methods.index(listed)] = replace(listed, is_ratio_source=True)
+    elif any(m.at_ratio_source for m in methods):
+        added = replace(source, is_ratio_source=True)
+        methods.append(added)
+    dense = [m for m in methods if m.criterion is None]
+    later = [m for m in methods if m.at_ratio_source]
+    return dense + [m for m in methods if m not in dense and m not in later] + later, added
+
+
+def method_config(base: FlowConfig, method: Method, seed: int, layer_ratios: dict[str, float] | None = None) -> FlowConfig:
+    """The config of ``method``'s run for ``seed``: ``base`` with the method's criterion (and, for a
+    method at the ratio source's fractions, ``layer_ratios``) and ``train.seed``; nothing else changes,
+    so every run of a seed trains the same dense baseline."""
+    criterion = method.criterion
+    if method.at_ratio_source:
+        if layer_ratios is None:
+            raise ValueError(f"method {method.spec!r} needs the per-layer fractions of the {RATIO_SOURCE!r} run of seed {seed}")
+        criterion = {**criterion, "layer_ratios": dict(layer_ratios)}
+    config = with_criterion(base, criterion)
+    return replace(config, train=replace(config.train, seed=seed))

@@ -1,0 +1,270 @@
+"""One run's ``report.md``, written from its report.json (with status.json, config.json,
+train/history.json and bench/latency.json when present), and the one-line summary ``bmrs run`` prints."""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pipeline.reporting import figures as fig
+from pipeline.reporting.load import Run, load_run
+from pipeline.reporting.text import NA, count, decimal, number, percent, settings_text, significant, table, short_decimal, times
+
+STAGE_NAMES = {
+    "training": "training (pruned model)",
+    "fine_tuning": "fine-tuning",
+    "baseline_training": "training (dense baseline)",
+    "slicing_export": "slicing and ONNX export",
+    "benchmarking": "benchmarking",
+}
+
+
+def write_run_report(run_dir: Path) -> Path:
+    """Write ``run_dir/report.md``; ValueError naming the directory when the run has no report yet."""
+    run = load_run(Path(run_dir))
+    if not run.finished:
+        raise ValueError(f"{str(run.run_dir)!r} has no report.json yet (state {run.state}); "
+                         f"finish the run with `bmrs resume {run.run_dir}` first")
+    return _write_text(run.run_dir / "report.md", run_markdown(run))
+
+
+def _write_text(path: Path, text: str) -> Path:
+    partial = path.with_name(f".{path.name}.partial")  # never a half-written report
+    partial.write_text(text)
+    os.replace(partial, path)
+    return path
+
+
+def key_line(report: dict) -> str:
+    """E.g. ``bmrs_n: 62.1% of parameters removed, accuracy 87.6% vs dense 88.2% (-0.6 pt), p50 batch
+    256 2.9x faster (ORT CPU), energy per 1k inferences 0.41 J vs 1.20 J (estimate)``."""
+    label = fig.method_label(report)
+    pruned, dense = fig.section(report, "pruned") or {}, fig.section(report, "dense") or {}
+    parts = []
+    if fig.is_dense_method(report):
+        label += " (dense model)"
+    else:
+        parts.append(f"{percent(pruned.get('compression'))} of parameters removed")
+    accuracy, dense_accuracy = number(pruned.get("accuracy")), number(dense.get("accuracy"))
+    if dense_accuracy is None:
+        parts.append(f"accuracy {percent(accuracy)} (no dense baseline trained)")
+    else:
+        drop = NA if accuracy is None else f"{100.0 * (accuracy - dense_accuracy):+.1f} pt"
+        parts.append(f"accuracy {percent(accuracy)} vs dense {percent(dense_accuracy)} ({drop})")
+    runtime = fig.ort_runtime(report.get("latency"))
+    batches = fig.batch_sizes(report.get("latency"), runtime)
+    if batches:
+        batch = batches[-1]
+        speedup = fig.latency_value(report, runtime, batch, "speedup_p50")
+        if fig.is_dense_method(report) or speedup is None:
+            p50 = fig.latency_value(report, runtime, batch, "pruned_p50_ms")
+            parts.append(f"p50 batch {batch} {significant(p50, 3)} ms ({fig.runtime_short(runtime)})")
+        else:
+            faster = f"{times(speedup)} faster" if speedup >= 1 else f"{times(1.0 / speedup)} slower"
+            parts.append(f"p50 batch {batch} {faster} ({fig.runtime_short(runtime)})")
+    else:
+        parts.append("latency not measured")
+    joules = fig.inference_energy(report, "pruned", "j_per_1k")
+    if joules is None:
+        parts.append("energy not measured")
+    else:
+        dense_joules = fig.inference_energy(report, "dense", "j_per_1k")
+        versus = "" if fig.is_dense_method(report) else f" vs {short_decimal(dense_joules)} J"
+        parts.append(f"energy per 1k inferences {short_decimal(joules)} J{versus} ({fig.energy_tag(report)})")
+    return f"{label}: " + ", ".join(parts)
+
+
+def run_markdown(run: Run) -> str:
+    report = run.report or {}
+    runtime = fig.ort_runtime(report.get("latency"))
+    batches = fig.batch_sizes(report.get("latency"), runtime)
+    lines = [f"# {report.get('flow', 'run')}: {report.get('model', '?')} on {report.get('dataset', '?')}, "
+             f"{fig.method_label(report)}", ""]
+    lines += [_settings_line(run), ""]
+    state = f"**State: {run.state}**"
+    lines += [state + (f": {run.warning}" if run.warning else ""), "", f"`{key_line(report)}`", ""]
+    lines += _results(report, runtime, batches)
+    lines += _latency(report)
+    lines += _energy(report)
+    lines += _training(run)
+    lines += _how_measured(run, runtime)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _settings_line(run: Run) -> str:
+    report = run.report or {}
+    settings = fig.criterion_settings(report)
+    method = f"Method `{report.get('method', '?')}`"
+    if fig.is_dense_method(report):
+        method += " (no criterion: the dense model)"
+    elif settings:
+        method += f", criterion settings {settings_text(settings)} (the others at their defaults)"
+    else:
+        method += ", criterion settings at their defaults"
+    other = fig.section(report, "settings") or {}
+    words = [method]
+    if "kl_weighting" in other:
+        words.append(f"KL weighting {other['kl_weighting']}")
+    if "finetune_noise" in other:
+        words.append(f"fine-tuning noise {other['finetune_noise']}")
+    if run.seed is not None:
+        words.append(f"train.seed {run.seed}")
+    return "; ".join(words) + "."
+
+
+def _results(report: Mapping[str, Any], runtime: str | None, batches: list[int]) -> list[str]:
+    energy_batches = fig.inference_energy_batches(report)
+    energy_batch = energy_batches[-1] if energy_batches else None
+    largest = batches[-1] if batches else None
+    header = ["model", "accuracy", "NLL", "ECE", "compression", "params", "MACs", "ONNX bytes"]
+    header += [f"p50 batch {batch} (ms)" for batch in batches]
+    header += [f"throughput batch {largest} (/s)" if largest else "throughput (/s)",
+               "energy per 1k inferences (J)", "CO2 per 1k inferences (g)"]
+    rows = []
+    for model, name in (("dense", "dense reference"), ("pruned", fig.method_label(report))):
+        values = fig.model_figures(report, model, runtime, batches)
+        row = [name, percent(values["accuracy"], 2), decimal(values["nll"]), decimal(values["ece"]),
+               percent(values["compression"]), count(values["params"]), count(values["flops"]), count(values["onnx_bytes"])]
+        for batch in batches:
+            cell = significant(values[f"p50_ms_b{batch}"])
+            speedup = values.get(f"speedup_p50_b{batch}")
+            row.append(cell if speedup is None or model == "dense" else f"{cell} ({times(speedup)})")
+        row.append(NA if largest is None else significant(values[f"throughput_per_s_b{largest}"]))
+        row += [significant(values["energy_j_per_1k"], 3), significant(values["co2_g_per_1k"], 3)]
+        rows.append(row)
+    lines = ["## Results", "", *table(header, rows), ""]
+    if number(fig.section(report, "dense", "accuracy")) is None:
+        lines += ["The dense baseline was not trained (baseline.enabled: false): its row gives its size only.", ""]
+    if runtime is None:
+        lines += ["Latency: not measured.", ""]
+    else:
+        lines += [f"Latency: median (p50) per batch through {fig.runtime_short(runtime)} ({runtime}); in brackets "
+                  "the speed-up, dense p50 / pruned p50, both timed interleaved in this run.", ""]
+    if energy_batch is None:
+        why = fig.energy_not_measured(report, fig.section(report, "energy", "inference"))
+        lines += [f"Energy and CO2 per 1k inferences: {why}.", ""]
+    else:
+        provider = fig.section(report, "energy", "inference", "provider") or "ONNX Runtime"
+        lines += [f"Energy and CO2 per 1,000 inferences at batch {energy_batch} through {provider}: "
+                  f"{fig.energy_tag(report)} (see How measured).", ""]
+    return lines
+
+
+def _latency(report: Mapping[str, Any]) -> list[str]:
+    latency = report.get("latency")
+    lines = ["## Latency per runtime", ""]
+    if not isinstance(latency, Mapping) or not latency:
+        return lines + ["Latency: not measured.", ""]
+    header = ["batch", "dense p50 (ms)", "pruned p50 (ms)", "dense p90", "pruned p90", "dense p99", "pruned p99",
+              "speed-up p50", "dense throughput (/s)", "pruned throughput (/s)"]
+    for runtime in latency:
+        rows = []
+        for batch in fig.batch_sizes(latency, runtime):
+            def value(key: str) -> float | None:
+                return fig.latency_value(report, runtime, batch, key)
+
+            percentiles = [significant(value(f"{model}_{stat}_ms")) for stat in ("p50", "p90", "p99") for model in fig.MODELS]
+            rows.append([str(batch), *percentiles, times(value("speedup_p50")),
+                         significant(value("dense_throughput_per_s")), significant(value("pruned_throughput_per_s"))])
+        lines += [f"### {fig.runtime_short(runtime)} ({runtime})", "", *table(header, rows), ""]
+    missing = [name for name in ("torch-cpu", "torch-cuda") if name not in latency]
+    if missing:
+        lines += [f"PyTorch eager ({', '.join(missing)}): not measured in this run "
+                  "(latency.torch_devices, or no such device on the machine).", ""]
+    return lines
+
+
+def _energy(report: Mapping[str, Any]) -> list[str]:
+    lines = ["## Energy", ""]
+    if not fig.energy_available(report):
+        return lines + [fig.energy_not_measured(report).capitalize() + ".", ""]
+    inference = fig.section(report, "energy", "inference")
+    lines += ["### Inference", ""]
+    if fig.inference_energy_batches(report):
+        threads = fig.section(inference, "threads")
+        lines += [f"Through {inference.get('provider', 'ONNX Runtime')}, "
+                  f"{'default' if threads is None else threads} intra-op threads.", ""]
+        header = ["batch", "dense J / 1k", "pruned J / 1k", "pruned / dense (range over rounds)",
+                  "dense g CO2 / 1k", "pruned g CO2 / 1k", "rounds"]
+        rows = []
+        for batch in fig.inference_energy_batches(report):
+            row = inference["by_batch"][str(batch)]
+            ratio = fig.section(row, "ratio_pruned_dense")
+            spread = f"{decimal(row.get('ratio_min'), 3)}-{decimal(row.get('ratio_max'), 3)}"
+            def figure(model: str, key: str) -> str:
+                return significant(fig.inference_energy(report, model, key, batch), 3)
+
+            rows.append([str(batch), figure("dense", "j_per_1k"), figure("pruned", "j_per_1k"), f"{decimal(ratio, 3)} ({spread})",
+                         figure("dense", "g_co2_per_1k"), figure("pruned", "g_co2_per_1k"), count(row.get("rounds"))])
+        lines += [*table(header, rows), ""]
+    else:
+        lines += [fig.energy_not_measured(report, inference).capitalize() + ".", ""]
+    stages = fig.section(report, "energy", "stages")
+    lines += ["### Per stage", ""]
+    if not isinstance(stages, Mapping) or not stages:
+        return lines + ["Not measured.", ""]
+    rows = []
+    for stage, figures in stages.items():
+        name = STAGE_NAMES.get(stage, stage)
+        if not isinstance(figures, Mapping) or not figures.get("available", False):
+            reason = fig.section(figures, "reason") if isinstance(figures, Mapping) else None
+            rows.append([name, f"not measured ({reason or 'no reason recorded'})", NA, NA, NA])
+            continue
+        rows.append([name, significant(figures.get("energy_kwh"), 3), significant(figures.get("emissions_kg_co2"), 3),
+                     decimal(figures.get("duration_s"), 1), count(figures.get("attempts"))])
+    return lines + [*table(["stage", "energy (kWh)", "CO2 (kg)", "duration (s)", "attempts"], rows), ""]
+
+
+def _training(run: Run) -> list[str]:
+    lines = ["## Training", ""]
+    curve = run.run_dir / "train" / "curve.png"
+    lines += ["![validation accuracy and compression per epoch](train/curve.png)" if curve.is_file()
+              else "Training curve: not available (train/curve.png is missing).", ""]
+    try:
+        history = json.loads((run.run_dir / "train" / "history.json").read_text())
+        epochs = [record for record in history if isinstance(record, Mapping)]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError):
+        epochs = []
+    if epochs:
+        finetune = sum(1 for record in epochs if record.get("phase") == "finetune")
+        best = max(epochs, key=lambda record: number(record.get("val_accuracy")) or -1.0)
+        last = epochs[-1]
+        lines += [f"{len(epochs)} epochs ({finetune} of them fine-tuning); best validation accuracy "
+                  f"{percent(best.get('val_accuracy'), 2)} at epoch {best.get('epoch', '?')}; after the last: validation "
+                  f"accuracy {percent(last.get('val_accuracy'), 2)}, compression {percent(last.get('compression'))}.", ""]
+    post_training = (run.report or {}).get("post_training")
+    if post_training and (run.run_dir / "post_training" / "curves.png").is_file():
+        lines += ["Post-training pruning curves:", "", "![post-training curves](post_training/curves.png)", ""]
+    return lines
+
+
+def _how_measured(run: Run, runtime: str | None) -> list[str]:
+    report = run.report or {}
+    try:
+        bench = json.loads((run.run_dir / "bench" / "latency.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        bench = {}
+    bench = bench if isinstance(bench, Mapping) else {}
+    lines = ["## How measured", ""]
+    machine = bench.get("machine")
+    if isinstance(machine, Mapping):
+        cpus = machine.get("usable_cpu_count") or machine.get("cpu_count")
+        processor = machine.get("processor") or machine.get("machine") or "unknown CPU"
+        cpus = "an unknown number of" if cpus is None else cpus
+        lines.append(f"- Machine: {processor}, {cpus} usable CPUs ({machine.get('platform', 'platform unknown')}).")
+    else:
+        lines.append("- Machine: not recorded (bench/latency.json is missing).")
+    if runtime is not None:
+        threads = bench.get("intra_op_threads")
+        threads = "the runtime default" if threads is None else threads
+        lines.append(f"- Latency: {bench.get('warmup', '?')} warm-up and {bench.get('repeats', '?')} timed runs per model and "
+                     f"batch, dense and pruned interleaved; intra-op threads: {threads}; timer: "
+                     f"{bench.get('timer', 'not recorded')}; percentiles: {bench.get('percentile_method', 'not recorded')} "
+                     "interpolation.")
+    lines.append(f"- Energy: {fig.energy_mode_words(report)}")
+    units = report.get("units")
+    if isinstance(units, Mapping):
+        lines.append("- Units: " + "; ".join(f"{name}: {text}" for name, text in units.items()) + ".")
+    return lines + [""]
