@@ -7,9 +7,6 @@ because the two differ by far more than any pruning gain.
 
 from __future__ import annotations
 
-import contextlib
-import enum
-import logging
 import math
 import os
 import tempfile
@@ -20,6 +17,16 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from benchmarks.codecarbon_offline import (  # noqa: F401  (MeasurementMode, TrackingMode: this module's API too)
+    JOULES_PER_KWH,
+    MeasurementMode,
+    TrackingMode,
+    captured_codecarbon_log,
+    json_safe,
+    offline_tracker,
+    read_mode,
+    require_known_country,
+)
 from benchmarks.ort_runtime import (
     Provider,
     describe_machine,
@@ -31,19 +38,6 @@ from benchmarks.ort_runtime import (
 # Used when neither duration_s nor repeats is given: long enough for
 # codecarbon's 1 s power sampler to take several samples.
 DEFAULT_DURATION_S = 10.0
-
-# codecarbon CPU modes that read a hardware energy counter; every other mode
-# (cpu_load, constant) multiplies an assumed TDP by load or a fixed fraction.
-_CPU_COUNTER_MODES = frozenset({"intel_rapl", "windows_emi", "intel_power_gadget"})
-_JOULES_PER_KWH = 3.6e6
-_CODECARBON_LOGGER = "codecarbon"
-
-
-class TrackingMode(enum.Enum):
-    """codecarbon's scope: whole-machine power, or its attempt to isolate this process."""
-
-    MACHINE = "machine"
-    PROCESS = "process"
 
 
 @dataclass(frozen=True)
@@ -108,26 +102,6 @@ def _require_int(name: str, value: object, *, low: int) -> None:
 
 
 @dataclass(frozen=True)
-class MeasurementMode:
-    """Which method codecarbon actually used per component, read after the run."""
-
-    cpu_method: str  # codecarbon CPU mode, e.g. "intel_rapl", "cpu_load", "constant"
-    cpu_measured: bool  # True only when read from a hardware energy counter
-    cpu_model: str | None
-    cpu_tdp_w: float | None  # the TDP codecarbon assumed; what estimates scale
-    ram_method: str
-    gpu_method: str | None  # None: no GPU tracked
-    tracking_mode: str
-    hardware: tuple[str, ...]  # codecarbon's own descriptions of what it tracked
-
-    @property
-    def summary(self) -> str:
-        cpu = "measured" if self.cpu_measured else f"estimated, TDP {self.cpu_tdp_w} W"
-        return (f"CPU: {self.cpu_method} ({cpu}); RAM: {self.ram_method}; "
-                f"GPU: {self.gpu_method or 'not tracked'}; scope: {self.tracking_mode}")
-
-
-@dataclass(frozen=True)
 class EnergyReport:
     model_path: str
     provider: Provider
@@ -148,7 +122,7 @@ class EnergyReport:
 
     @property
     def energy_per_inference_j(self) -> float:
-        return self.energy_kwh * _JOULES_PER_KWH / self.inferences
+        return self.energy_kwh * JOULES_PER_KWH / self.inferences
 
     @property
     def energy_per_sample_j(self) -> float:
@@ -164,7 +138,7 @@ class EnergyReport:
             codecarbon_warnings=list(self.codecarbon_warnings),
             mode={**asdict(self.mode), "summary": self.mode.summary},
         )
-        return {k: _json_safe(v) for k, v in out.items()}
+        return {k: json_safe(v) for k, v in out.items()}
 
 
 def measure_energy(
@@ -190,7 +164,7 @@ def measure_energy(
         _require_int("input_shape item", dim, low=1)
     shape = tuple(input_shape)
     require_providers((config.provider,))
-    _require_known_country(config.country_iso_code)
+    require_known_country(config.country_iso_code)
 
     # Same session settings as the latency benchmark so both describe one deployment.
     session = open_session(path, config.provider, intra_op_threads=config.intra_op_threads)
@@ -202,8 +176,9 @@ def measure_energy(
     with tempfile.TemporaryDirectory(prefix="bmrs-energy-") as scratch:
         output_dir = Path(config.output_dir) if config.output_dir is not None else Path(scratch)
         output_dir.mkdir(parents=True, exist_ok=True)
-        with _captured_codecarbon_log() as log:
-            tracker = _offline_tracker(config, output_dir, csv=config.output_dir is not None)
+        with captured_codecarbon_log() as log:
+            tracker = offline_tracker(config.country_iso_code, output_dir, csv=config.output_dir is not None,
+                                      tracking_mode=config.tracking_mode)
             log.detach_console()
             tracker.start()
             try:
@@ -218,7 +193,7 @@ def measure_energy(
             raise RuntimeError(
                 f"codecarbon produced no measurement; its log said: {warnings or 'nothing'}"
             )
-        mode = _read_mode(tracker)
+        mode = read_mode(tracker)
 
     from codecarbon import __version__ as codecarbon_version
 
@@ -254,135 +229,3 @@ def _run(session: ort.InferenceSession, feed: dict, config: EnergyConfig) -> int
         inferences += 1
         if time.perf_counter() >= deadline:
             return inferences
-
-
-def _offline_tracker(config: EnergyConfig, output_dir: Path, *, csv: bool):
-    # codecarbon (and pandas behind it) is imported only when energy is
-    # measured, keeping `import benchmarks.energy` cheap for report readers.
-    from codecarbon import OfflineEmissionsTracker
-    from codecarbon.output_methods.base_output import OutputMethod
-
-    # Every option that could reach the network or change the number is set
-    # explicitly, so ~/.codecarbon.config or CODECARBON_* variables cannot
-    # re-enable the API/HTTP outputs, the lock file, or a PUE multiplier.
-    # output_methods replaces save_to_file, deprecated in codecarbon 3.
-    tracker = OfflineEmissionsTracker(
-        country_iso_code=config.country_iso_code,
-        output_methods=[OutputMethod.CSV] if csv else [],
-        output_dir=str(output_dir),
-        emissions_endpoint=None,
-        electricitymaps_api_token=None,
-        allow_multiple_runs=True,
-        tracking_mode=config.tracking_mode.value,
-        pue=1.0,
-        log_level="warning",
-    )
-    # Only the deprecated co2_signal_api_token config key can still set this,
-    # and with it codecarbon would ask Electricity Maps online.
-    if getattr(tracker, "_electricitymaps_api_token", None):
-        raise ValueError(
-            "A codecarbon config file or CODECARBON_CO2_SIGNAL_API_TOKEN sets an Electricity Maps token, "
-            "which makes the offline tracker call the network; remove it for benchmark runs."
-        )
-    return tracker
-
-
-def _require_known_country(code: str) -> None:
-    from codecarbon.input import DataSource
-
-    # Checked here because codecarbon only logs an unknown country and then
-    # reports no emissions, which would surface as a confusing failure later.
-    known = DataSource().get_global_energy_mix_data()
-    if code not in known:
-        raise ValueError(
-            f"country_iso_code {code!r} is not in codecarbon's offline energy-mix table; "
-            f"use a 3-letter ISO code such as 'DNK', 'DEU', 'USA' ({len(known)} known)."
-        )
-
-
-class _LogCapture(logging.Handler):
-    """Collects codecarbon's warnings for the report instead of printing them."""
-
-    def __init__(self) -> None:
-        super().__init__(level=logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage().strip())
-
-    def detach_console(self) -> None:
-        # The tracker constructor installs its own stderr handler; drop it.
-        logging.getLogger(_CODECARBON_LOGGER).handlers = [self]
-
-
-@contextlib.contextmanager
-def _captured_codecarbon_log():
-    logger = logging.getLogger(_CODECARBON_LOGGER)
-    saved_level, saved_handlers = logger.level, list(logger.handlers)
-    capture = _LogCapture()
-    # ERROR until the tracker sets its own level: its constructor chats at
-    # INFO/WARNING ("offline tracker init", "multiple instances allowed").
-    logger.setLevel(logging.ERROR)
-    logger.handlers = [capture]
-    try:
-        yield capture
-    finally:
-        logger.setLevel(saved_level)
-        logger.handlers = saved_handlers
-
-
-def _read_mode(tracker) -> MeasurementMode:
-    # codecarbon keeps what it set up in tracker._hardware; there is no public
-    # accessor, so read it defensively and say "unknown" rather than guess.
-    cpu_method, cpu_model, cpu_tdp = "unknown", None, None
-    cpu_measured = False
-    ram_method = "unknown"
-    gpu_methods: list[str] = []
-    for hw in getattr(tracker, "_hardware", []):
-        kind = type(hw).__name__
-        if kind == "CPU":
-            cpu_method = str(getattr(hw, "_mode", "unknown"))
-            cpu_measured = cpu_method in _CPU_COUNTER_MODES
-            cpu_model = getattr(hw, "_model", None)
-            tdp = getattr(hw, "_tdp", None)
-            cpu_tdp = float(tdp) if isinstance(tdp, (int, float)) else None
-        elif kind == "RAM":
-            forced = getattr(hw, "_force_ram_power", None)
-            ram_method = (
-                f"user-specified constant {forced} W"
-                if forced is not None
-                else "estimated (codecarbon RAM model)"
-            )
-        elif kind == "GPU":
-            devices = getattr(getattr(hw, "devices", None), "devices", [])
-            vendors = {"NvidiaGPUDevice": "pynvml", "AMDGPUDevice": "amdsmi"}
-            gpu_methods += sorted({vendors.get(type(d).__name__, type(d).__name__) for d in devices})
-        elif kind in ("AppleSiliconChip", "Raspberry"):
-            part = getattr(hw, "chip_part", "")
-            method = "apple_powermetrics" if kind == "AppleSiliconChip" else "raspberry_pmic"
-            if part == "CPU":
-                cpu_method, cpu_measured = method, True
-            elif part == "GPU":
-                gpu_methods.append(method)
-            elif part == "RAM":
-                ram_method = method
-    return MeasurementMode(
-        cpu_method=cpu_method,
-        cpu_measured=cpu_measured,
-        cpu_model=cpu_model,
-        cpu_tdp_w=cpu_tdp,
-        ram_method=ram_method,
-        gpu_method=", ".join(gpu_methods) or None,
-        tracking_mode=str(getattr(tracker, "_tracking_mode", "unknown")),
-        hardware=tuple(str(h) for h in getattr(tracker, "_conf", {}).get("hardware", ())),
-    )
-
-
-def _json_safe(value):
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value

@@ -1,9 +1,9 @@
 """The compression flow: Prefect tasks that call ``pipeline.stages.steps`` and nothing else.
 
     train (method) ─┐
-    train (dense) ──┼─> compress (fold, slice, ONNX + parity) ─> latency (ORT) ─> [post-training] ─┐
-                    └─> dense reference (ONNX + parity) ──────────┘                                  │
-                                                                         report.json <─ checks <─────┘
+    train (dense) ──┼─> compress (fold, slice, ONNX + parity) ─> latency (ORT) ─> inference energy ─> [post-training] ─┐
+                    └─> dense reference (ONNX + parity) ──────────┘                                                    │
+                                                                                      report.json <─ checks <──────────┘
 
 Each ONNX file is compared with the PyTorch model whose accuracy is reported (the masked model, the
 dense baseline) on real test examples, and the reported metrics are measured on the file through ONNX
@@ -11,19 +11,29 @@ Runtime; a mismatch fails the run, keeping the trained stages. ``checks`` applie
 (``FlowConfig.checks``): a model near chance or far below the dense reference ends the run
 ``degraded``, its report still written.
 
+With ``energy.enabled`` one codecarbon tracker measures the stages (training, fine-tuning, the dense
+reference's training, slicing and export, benchmarking) and the inference energy of both models
+(``pipeline.stages.energy``); a tracker that fails leaves its figures missing, never the run.
+
+Each run ends by publishing Prefect artifacts (``pipeline.artifacts``): report.md, a table of the
+metrics and links to the ONNX files and plots, so that Prefect's UI shows more than task states.
+
 The post-training stage (``post_training.enabled``) trains its own unpruned noisy model and writes
 one accuracy-vs-compression curve per criterion; it runs last so the method's results come first.
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
+from pipeline.artifacts import file_links, publish, run_metric_rows
 from pipeline.stages import steps
 from pipeline.config import FlowConfig
+from pipeline.stages.energy import BENCHMARKING, SLICING_EXPORT, inference_energy_stage, run_energy
 from pipeline.stages.post_training import post_training_stage
 
 # Models and datasets are not hashable inputs; every stage writes its result into the run directory.
@@ -33,6 +43,7 @@ train_task = stage(steps.train_stage, name="train")
 compress_task = stage(steps.compress_stage, name="compress")
 dense_task = stage(steps.dense_stage, name="dense-reference")
 latency_task = stage(steps.latency_stage, name="latency")
+energy_task = stage(inference_energy_stage, name="inference-energy")
 post_training_task = stage(post_training_stage, name="post-training")
 checks_task = stage(steps.checks_stage, name="checks")
 report_task = stage(steps.report_stage, name="report")
@@ -42,14 +53,35 @@ report_task = stage(steps.report_stage, name="report")
 def compress_flow(config: FlowConfig, run_dir: Path, resume: bool = False) -> Path:
     """``resume``: the run directory holds an interrupted run of ``config``; training stages continue
     from their checkpoints (finished ones are not redone), finished post-training curves are kept,
-    the other stages run again."""
+    the other stages run again (each stage's energy adds the resumed part to the interrupted one)."""
     started = time.perf_counter()
     data = steps.load_data(config)
-    pruned_checkpoint = train_task(config, data, run_dir, baseline=False, resume=resume)
-    dense_checkpoint = train_task(config, data, run_dir, baseline=True, resume=resume) if config.baseline.enabled else None
-    pruned = compress_task(config, data, run_dir, pruned_checkpoint)
-    dense = dense_task(config, data, run_dir, dense_checkpoint)
-    latency = latency_task(config, data, run_dir)
-    curves = post_training_task(config, data, run_dir, resume=resume) if config.post_training.enabled else None
-    checks = checks_task(config, data, run_dir, dense, pruned)
-    return report_task(config, run_dir, dense, pruned, latency, time.perf_counter() - started, curves, checks)
+    with run_energy(config, run_dir, resume=resume) as energy:
+        with energy.training_phases(baseline=False) as on_phase:
+            pruned_checkpoint = train_task(config, data, run_dir, baseline=False, resume=resume, on_phase=on_phase)
+        dense_checkpoint = None
+        if config.baseline.enabled:
+            with energy.training_phases(baseline=True) as on_phase:
+                dense_checkpoint = train_task(config, data, run_dir, baseline=True, resume=resume, on_phase=on_phase)
+        with energy.stage(SLICING_EXPORT):
+            pruned = compress_task(config, data, run_dir, pruned_checkpoint)
+            dense = dense_task(config, data, run_dir, dense_checkpoint)
+        with energy.stage(BENCHMARKING):
+            latency = latency_task(config, data, run_dir)
+            inference = energy_task(config, data, run_dir, energy) if energy.enabled else None
+        curves = post_training_task(config, data, run_dir, resume=resume) if config.post_training.enabled else None
+        checks = checks_task(config, data, run_dir, dense, pruned)
+        report = report_task(
+            config, run_dir, dense, pruned, latency, time.perf_counter() - started, curves, checks, energy.report(inference)
+        )
+    publish_run_artifacts(config, run_dir, report)
+    return report
+
+
+def publish_run_artifacts(config: FlowConfig, run_dir: Path, report_path: Path) -> None:
+    """The run in Prefect's UI: report.md, the metrics table, links to the ONNX models and plots."""
+    report = json.loads(report_path.read_text())
+    markdown_path = run_dir / "report.md"
+    markdown = markdown_path.read_text() if markdown_path.is_file() else f"report.md was not written; see {report_path}"
+    files = [run_dir / "model.onnx", run_dir / "dense.onnx", markdown_path, report_path, run_dir / "train" / "curve.png"]
+    publish(config.name, markdown=markdown, table=run_metric_rows(report), links=file_links(files), what=f"run {run_dir.name}")

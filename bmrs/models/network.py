@@ -23,10 +23,22 @@ def build_network(
     model = build_model(config.name, input_shape, num_classes, **config.options())
     if noise is not None:
         points = noise_points_for(config.name, model, config.noise_points, input_shape=tuple(input_shape))
+        if not config.noise_on_first_layer:
+            points = _without_first_layer(model, points)
         insert_noise(model, points, **noise.posterior_options())
         start_noise_on_(model, noise.start_on)
         attach_noise_bank(model)
     return model
+
+
+def _without_first_layer(model: nn.Module, points: list[NoisePoint]) -> list[NoisePoint]:
+    """``points`` less the one on the layer defined first in ``model`` (module order); all of them when
+    there is only one, since a model with a single noise point has nothing else to prune."""
+    if len(points) < 2:
+        return points
+    order = {name: index for index, (name, _) in enumerate(model.named_modules())}
+    first = min(points, key=lambda point: order.get(point.source, len(order)))
+    return [point for point in points if point != first]
 
 
 def noise_points_for(

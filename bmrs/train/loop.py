@@ -244,6 +244,7 @@ def train_(
     compression: Callable[[nn.Module], float] = structure_compression,
     checkpoint_path: Path | None = None,
     resume_from: Path | None = None,
+    on_phase: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place per ``config``; returns it with its per-epoch history and the schedule
     it ran. A schedule in steps (``ScheduleUnit.STEPS``) is first rounded to whole epochs of this
@@ -253,6 +254,10 @@ def train_(
 
     ``resume_from``: a checkpoint written by an earlier call with the same model, data and config;
     training continues after its last epoch (a finished checkpoint is loaded and returned as is).
+
+    ``on_phase``: called with ``"train"`` or ``"finetune"`` before the first epoch of each phase that
+    this call runs (a resume: the phase it resumes in; a finished checkpoint: never), so that a caller
+    can measure the phases apart (their energy, say) instead of apportioning the total.
     """
     plan = Schedule.of(config, len(data.train))
     config = plan.config
@@ -282,6 +287,8 @@ def train_(
     history, grad_sq = progress.history, progress.grad_sq
     for epoch in range(progress.epoch, total_epochs):
         phase = "train" if epoch < config.epochs else "finetune"
+        if on_phase is not None and (epoch == progress.epoch or epoch == config.epochs):
+            on_phase(phase)
         collect_grads = criterion is not None and criterion.needs_gradients and phase == "train"
         expected_noise = phase == "finetune" and config.finetune_noise is FinetuneNoise.EXPECTED
         if expected_noise and noises and epoch == config.epochs:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from benchmarks.energy_pair import EnergyRunConfig
 from benchmarks.latency import LatencyConfig
 from bmrs.criteria import CRITERIA, Criterion, check_criterion, criterion_from, criterion_name, settings_of
 from bmrs.data import DATASETS, DEFAULT_ROOTS, DataConfig, root_hint
@@ -113,6 +114,7 @@ class FlowConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
     post_training: PostTrainingSection = field(default_factory=PostTrainingSection)
     checks: ChecksConfig = field(default_factory=ChecksConfig)
+    energy: EnergyRunConfig = field(default_factory=EnergyRunConfig)
 
     def __post_init__(self) -> None:
         check_flow_name(self.name)

@@ -9,8 +9,11 @@ Run directory layout, ``runs/<flow>/<run-id>/``::
     model.onnx           the sliced model;  dense.onnx: the dense reference; each compared on real
                          test examples with the PyTorch model whose accuracy is reported
     bench/latency.json   ONNX Runtime and PyTorch eager latencies and throughputs
+    bench/energy.json    with energy.enabled: dense and pruned energy per 1,000 inferences, every window
+    bench/energy_stages.json  each stage's energy, every attempt, written as the stage ends
     post_training/       with post_training.enabled: checkpoint.pt and history.json of the unpruned
                          noisy model, <criterion>.json per criterion (its pruning curve), curves.png
+    report.md            the report a person reads (``bmrs report RUN_DIR`` rebuilds it)
     report.json          written last: its presence means the run finished (completed, or degraded:
                          its ``checks`` section says which sanity bound failed)
 
@@ -25,11 +28,12 @@ import time
 from dataclasses import replace
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from benchmarks.energy_pair import check_energy_config
 from benchmarks.latency import check_runtimes, measure_latency, measure_torch_latency
 from benchmarks.plots import Series, line_plot
 from bmrs.artifacts import write_json
@@ -98,30 +102,47 @@ def check_model(config: FlowConfig, data: DataBundle) -> None:
     prune_starts(model, config.train)
     check_sliceable(model, example_input(data))
     check_runtimes(config.latency)  # a provider or device this machine lacks fails now, not after training
+    check_energy_config(config.energy)  # a country codecarbon's offline table lacks, likewise
 
 
 def example_input(data: DataBundle, batch: int = 2) -> torch.Tensor:
     return data.test.images[:batch]
 
 
-def train_stage(config: FlowConfig, data: DataBundle, run_dir: Path, *, baseline: bool, resume: bool = False) -> Path:
+def train_stage(
+    config: FlowConfig,
+    data: DataBundle,
+    run_dir: Path,
+    *,
+    baseline: bool,
+    resume: bool = False,
+    on_phase: Callable[[str], None] | None = None,
+) -> Path:
     """Train (the pruned method, or the dense baseline); returns the checkpoint path.
 
     ``resume``: continue from the stage's checkpoint when there is one (a finished one is only
     loaded, not retrained), to the same result an uninterrupted run reaches.
+    ``on_phase``: ``train_``'s hook, told "train" / "finetune" as each phase starts (the flow's energy stages).
     """
     if baseline:
         dense_config = replace(config.train, criterion=None)
-        return train_into(run_dir / "baseline", config, data, dense_config, noisy=False, resume=resume)[0]
+        return train_into(run_dir / "baseline", config, data, dense_config, noisy=False, resume=resume, on_phase=on_phase)[0]
     noisy = config.train.criterion is not None
     folder = run_dir / "train"
-    checkpoint, history = train_into(folder, config, data, config.train, noisy=noisy, resume=resume)
+    checkpoint, history = train_into(folder, config, data, config.train, noisy=noisy, resume=resume, on_phase=on_phase)
     plot_training_curve(folder / "curve.png", history, title=f"{config.name}: {config.method} while training")
     return checkpoint
 
 
 def train_into(
-    folder: Path, config: FlowConfig, data: DataBundle, train_config: TrainConfig, *, noisy: bool, resume: bool = False
+    folder: Path,
+    config: FlowConfig,
+    data: DataBundle,
+    train_config: TrainConfig,
+    *,
+    noisy: bool,
+    resume: bool = False,
+    on_phase: Callable[[str], None] | None = None,
 ) -> tuple[Path, list[dict[str, Any]]]:
     """Train a fresh model of ``config`` (with noise layers when ``noisy``) under ``train_config``,
     checkpointing every epoch to ``folder/checkpoint.pt``; writes ``folder/history.json``.
@@ -133,7 +154,8 @@ def train_into(
     sample = example_input(data)
     measure = (lambda m: parameter_compression(m, sample)) if noisy else (lambda m: 0.0)
     resume_from = checkpoint if resume and checkpoint.is_file() else None
-    result = train_(model, data, train_config, compression=measure, checkpoint_path=checkpoint, resume_from=resume_from)
+    result = train_(model, data, train_config, compression=measure, checkpoint_path=checkpoint, resume_from=resume_from,
+                    on_phase=on_phase)
     history = result.as_dict()
     write_json(folder / "history.json", history)
     return checkpoint, history
@@ -309,10 +331,11 @@ def report_stage(
     seconds: float,
     post_training: dict[str, Any] | None = None,
     checks: dict[str, Any] | None = None,
+    energy: dict[str, Any] | None = None,
 ) -> Path:
     """``post_training``: the post-training stage's summary; null in the report when it did not run.
     ``checks``: ``checks_stage``'s result; when a bound failed the run ends ``degraded``, its warning
-    in ``status.json``."""
+    in ``status.json``. ``energy``: ``pipeline.stages.energy``'s section; null when energy is off."""
     pruned_onnx = pruned.pop("onnx")
     report = {
         "flow": config.name,
@@ -333,12 +356,14 @@ def report_stage(
         "training_curve": str(run_dir / "train" / "curve.png"),
         "post_training": post_training,
         "checks": checks,
+        "energy": energy,
         "units": {
             "flops": "multiply-accumulates per example (torch-pruning's count)",
             "latency": "milliseconds per batch",
             "throughput_per_s": "examples per second at the median latency (batch size / p50)",
             "nll": "nats per example",
             "ece": "expected calibration error, 15 equal-width confidence bins",
+            "energy": "kWh and kg CO2-eq per stage; J and g CO2-eq per 1,000 examples for inference",
         },
         "wall_seconds": seconds,
         "torch_version": torch.__version__,
@@ -348,7 +373,21 @@ def report_stage(
         set_status(run_dir, RunState.DEGRADED, checks["warning"])
     else:
         set_status(run_dir, RunState.COMPLETED)
+    write_report_md(run_dir)
     return run_dir / "report.json"
+
+
+def write_report_md(run_dir: Path) -> Path | None:
+    """``report.md``, the report a person reads, from the files the run wrote. It is a view: a
+    rendering error leaves the finished run (its models, report.json, status) as it is and says how
+    to retry, instead of failing a run whose models were measured and written."""
+    from pipeline.reporting import write_run_report
+
+    try:
+        return write_run_report(run_dir)
+    except Exception as error:  # noqa: BLE001 - see the docstring
+        print(f"bmrs: report.md was not written ({type(error).__name__}: {error}); `bmrs report {run_dir}` retries")
+        return None
 
 
 def degraded_warning(run_dir: Path) -> str | None:

@@ -41,6 +41,7 @@ TINY = [
     "--set", "latency.repeats=3", "--set", "latency.warmup=1", "--set", "latency.batch_sizes=[1]",
     "--set", "post_training.enabled=true", "--set", "post_training.criteria=[bmrs_n, l2]",
     "--set", "post_training.steps=2",
+    "--set", "energy.window_s=0.2", "--set", "energy.rounds=1",
 ]  # fmt: skip
 
 

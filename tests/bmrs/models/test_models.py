@@ -417,3 +417,31 @@ def test_start_on_starts_the_named_layers_at_theta_one_and_the_rest_at_the_init(
 def test_start_on_refuses_paths_without_noise(start_on, error, message):
     with pytest.raises(error, match=message):
         build_network(ModelConfig("lenet5"), (1, 28, 28), 10, noise=NoiseInit(start_on=start_on), seed=0)
+
+
+def _noise_names(model: nn.Module) -> list[str]:
+    return sorted(noise_modules(model))
+
+
+def test_noise_off_the_first_layer_spares_the_input_layer_of_any_architecture(user_module):
+    from bmrs.models import ModelConfig, build_network
+    from bmrs.nn.insert import NoiseInit
+
+    def noisy(first: bool, **model) -> nn.Module:
+        config = ModelConfig(noise_on_first_layer=first, **model)
+        return build_network(config, shapes[config.name], 3, noise=NoiseInit())
+
+    shapes = {"lenet5": (1, 28, 28), f"{user_module}:make": (2, 4, 4), "mlp": (1, 28, 28)}
+    # LeNet5's rule: noise after conv1's pooling, conv2's pooling, fc1, fc2; false drops conv1's.
+    assert _noise_names(noisy(True)) == ["classifier.1.noise", "classifier.3.noise", "features.2.noise", "features.5.noise"]
+    lenet = noisy(False)
+    assert _noise_names(lenet) == ["classifier.1.noise", "classifier.3.noise", "features.5.noise"]
+    assert lenet(torch.rand(2, 1, 28, 28)).shape == (2, 3)
+    # A user's model (traced points) and an explicit list: the first in module order, not in list order.
+    assert _noise_names(noisy(False, name=f"{user_module}:make")) == ["classifier.1.noise", "features.2.noise"]
+    listed = noisy(False, name=f"{user_module}:make", noise_points=("classifier.1", "features.2"))
+    assert _noise_names(listed) == ["classifier.1.noise"]
+    # A model with one noise point keeps it: there would be nothing to prune.
+    assert _noise_names(noisy(False, name="mlp", hidden_width=8)) == _noise_names(noisy(True, name="mlp", hidden_width=8))
+    with pytest.raises(TypeError, match="noise_on_first_layer must be true or false"):
+        ModelConfig(noise_on_first_layer="no")

@@ -288,4 +288,4 @@ def test_post_training_criteria_are_checked_against_the_prior_only_when_the_stag
     config = load_flow(REPO_FLOWS, "default", ["noise.log_a=-10", "train.criterion=bmrs_n"])
     assert config.noise.log_a == -10.0
     with pytest.raises(ConfigError, match=r"post_training.criteria\[1\]: criterion 'bmrs_u': p2 = 23"):
-        load_flow(REPO_FLOWS, "default", ["noise.log_a=-10", "post_training.enabled=true"])
+        load_flow(REPO_FLOWS, "default", ["noise.log_a=-10", "train.criterion=bmrs_n", "post_training.enabled=true"])
