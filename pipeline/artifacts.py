@@ -65,6 +65,19 @@ def run_metric_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     return finite(rows)
 
 
+def comparison_rows(comparison: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per method of a comparison's ``report.json``: each metric's mean and std over seeds."""
+    rows = []
+    for group in comparison.get("groups") or []:
+        row: dict[str, Any] = {"method": group.get("label"), "seeds": group.get("n")}
+        for name, stats in (group.get("metrics") or {}).items():
+            if isinstance(stats, Mapping):
+                row[name] = stats.get("mean")
+                row[f"{name} std"] = stats.get("std")
+        rows.append(row)
+    return finite(rows)
+
+
 def file_links(paths: Iterable[Path]) -> list[tuple[str, str]]:
     """(file:// URI, name) of each existing file, for link artifacts."""
     return [(path.resolve().as_uri(), path.name) for path in paths if path.is_file()]

@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "compare":
         from pipeline.compare import compare
 
+        _prefect_environment()  # also for the comparison's report flow when every run is reused
         return compare(args, _execute)
     if args.command == "report":
         from pipeline.reporting.command import report_from_args

@@ -30,7 +30,7 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from pipeline.artifacts import file_links, publish, run_metric_rows
+from pipeline.artifacts import artifact_key, comparison_rows, file_links, publish, run_metric_rows
 from pipeline.stages import steps
 from pipeline.config import FlowConfig
 from pipeline.stages.energy import BENCHMARKING, SLICING_EXPORT, inference_energy_stage, run_energy
@@ -85,3 +85,18 @@ def publish_run_artifacts(config: FlowConfig, run_dir: Path, report_path: Path) 
     markdown = markdown_path.read_text() if markdown_path.is_file() else f"report.md was not written; see {report_path}"
     files = [run_dir / "model.onnx", run_dir / "dense.onnx", markdown_path, report_path, run_dir / "train" / "curve.png"]
     publish(config.name, markdown=markdown, table=run_metric_rows(report), links=file_links(files), what=f"run {run_dir.name}")
+
+
+@flow(name="bmrs-compare-report", persist_result=False, log_prints=True)
+def comparison_report_flow(run_dirs: list[Path], out_dir: Path, title: str | None = None) -> Path:
+    """The comparison's report.md, report.json and plots (``pipeline.reporting.write_comparison``),
+    published as Prefect artifacts like a run's: the markdown, one table row per method, links."""
+    from pipeline.reporting import write_comparison
+
+    report_path = write_comparison(run_dirs, out_dir, title=title)
+    comparison = json.loads((out_dir / "report.json").read_text())
+    files = [report_path, out_dir / "report.json", *sorted(out_dir.glob("*.png"))]
+    key = artifact_key(out_dir.parent.name, out_dir.name)
+    publish(key, markdown=report_path.read_text(), table=comparison_rows(comparison), links=file_links(files),
+            what=f"comparison {out_dir}")  # fmt: skip
+    return report_path

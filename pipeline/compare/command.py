@@ -280,9 +280,9 @@ def finish(comparison: Comparison, summary: dict[str, Any]) -> int:
     counts = f"{len(completed)} of {len(runs)} runs completed" + (f", {len(degraded)} degraded" if degraded else "")
     written = True
     try:
-        from pipeline.reporting import write_comparison
+        from pipeline.flow import comparison_report_flow  # the report, and Prefect artifacts of it
 
-        print(f"bmrs: {counts}; comparison report {write_comparison(dirs, comparison.out_dir, title=title)}")
+        print(f"bmrs: {counts}; comparison report {comparison_report_flow(dirs, comparison.out_dir, title)}")
     except (ImportError, ValueError, OSError) as error:  # ValueError: no run finished with its checks passed
         print(f"bmrs: {counts}; the comparison report was not written: {error}", file=sys.stderr)
         written = False

@@ -22,6 +22,8 @@ def flows(tmp_path):
 def reports(monkeypatch):
     stub = Reports()
     monkeypatch.setattr("pipeline.reporting.write_comparison", stub)
+    # The report flow (the comparison's report plus its Prefect artifacts) without Prefect.
+    monkeypatch.setattr("pipeline.flow.comparison_report_flow", lambda dirs, out, title=None: stub(dirs, out, title=title))
     return stub
 
 
