@@ -7,6 +7,9 @@ feature map shares one draw) and replaced by ``E[theta]`` in evaluation.
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor, nn
 from torch.func import grad_and_value
@@ -69,6 +72,7 @@ class LogNormalNoise(nn.Module):
         self.register_buffer("mask", torch.ones(num_structures, dtype=torch.bool))
         self.source: str | None = None  # the layer whose output structures this scales (set by insert_noise)
         self.bank = None  # a bmrs.nn.bank.NoiseBank drawing all layers' noise at once, when attached
+        self._held_mean: Tensor | None = None  # E[theta] of frozen posteriors (see hold_mean)
 
     @property
     def num_structures(self) -> int:
@@ -97,8 +101,20 @@ class LogNormalNoise(nn.Module):
             theta = draw.reshape(shape)
         else:
             shape[0] = 1
-            theta = self.mean().reshape(shape)
+            theta = (self._held_mean if self._held_mean is not None else self.mean()).reshape(shape)
         return x * theta.to(x.dtype)
+
+    @contextlib.contextmanager
+    def hold_mean(self) -> Iterator[None]:
+        """Within the block, evaluation uses ``E[theta]`` computed once on entry, without a gradient:
+        for training with the posteriors frozen (fine-tuning as deployed), where recomputing the
+        float64 moments at every step, and back-propagating into parameters that are not updated,
+        would double the step's cost for the same values."""
+        self._held_mean = self.mean().detach()
+        try:
+            yield
+        finally:
+            self._held_mean = None
 
     def sample(self, num_draws: int) -> Tensor:
         """``num_draws`` independent draws of every structure's theta, masked: ``(num_draws, C)``."""

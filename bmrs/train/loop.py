@@ -12,6 +12,7 @@ of an uninterrupted run.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -298,8 +299,10 @@ def train_(
             optimizer = make_optimizer(model, config.lr)
         started = time.perf_counter()
         model.train()
+        held = contextlib.ExitStack()
         for noise in noises if expected_noise else ():
             noise.eval()  # theta = E[theta], as deployed
+            held.enter_context(noise.hold_mean())  # frozen posteriors: E[theta] once per epoch
         sums = {"loss": 0.0, "nll": 0.0, "kl": 0.0, "correct": 0, "seen": 0}
         bar = tqdm(
             data.train.batches(config.batch_size, generator=shuffle),
@@ -309,38 +312,39 @@ def train_(
             mininterval=0.5,
             leave=True,
         )
-        for step, (images, labels) in enumerate(bar):
-            logits = model(images)
-            nll = F.cross_entropy(logits, labels)
-            penalised = noises and not expected_noise
-            kl = kl_penalty(noises, config.kl_weighting, config.kl_scale, len(data.train)) if penalised else nll.new_zeros(())
-            loss = nll + kl
-            if not torch.isfinite(loss):
-                raise TrainingDivergedError(
-                    f"loss became {float(loss.detach())} at epoch {epoch + 1}, step {step + 1} (NLL "
-                    f"{float(nll.detach())}, KL term {float(kl.detach())}); lower train.lr (now {config.lr}) or train.kl_scale (now {config.kl_scale}); "
-                    f"epochs finished before this one are in the last checkpoint"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            for noise in noises if expected_noise else ():
-                noise.mu.grad = noise.log_sigma.grad = None  # frozen: Adam skips a parameter without a gradient
-            optimizer.step()
-            if noises:
-                project_log_sigma_(noises)
-            if collect_grads:
-                for name, noise in noises_by_name.items():
-                    weight_grad = model.get_submodule(noise.source).weight.grad
-                    squared = weight_grad.detach().flatten(1).pow(2).sum(1)
-                    grad_sq[name] = grad_sq[name] + squared if name in grad_sq else squared
-            batch = labels.numel()
-            sums["loss"] += float(loss.detach()) * batch
-            sums["nll"] += float(nll.detach()) * batch
-            sums["kl"] += float(kl.detach()) * batch
-            sums["correct"] += int((logits.argmax(1) == labels).sum())
-            sums["seen"] += batch
-            if step % 50 == 0:
-                bar.set_postfix(loss=f"{sums['loss'] / sums['seen']:.4f}", acc=f"{sums['correct'] / sums['seen']:.3f}")
+        with held:  # E[theta] is recomputed again after the epoch's steps
+            for step, (images, labels) in enumerate(bar):
+                logits = model(images)
+                nll = F.cross_entropy(logits, labels)
+                penalised = noises and not expected_noise
+                kl = kl_penalty(noises, config.kl_weighting, config.kl_scale, len(data.train)) if penalised else nll.new_zeros(())
+                loss = nll + kl
+                if not torch.isfinite(loss):
+                    raise TrainingDivergedError(
+                        f"loss became {float(loss.detach())} at epoch {epoch + 1}, step {step + 1} (NLL "
+                        f"{float(nll.detach())}, KL term {float(kl.detach())}); lower train.lr (now {config.lr}) or train.kl_scale (now {config.kl_scale}); "
+                        f"epochs finished before this one are in the last checkpoint"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                for noise in noises if expected_noise else ():
+                    noise.mu.grad = noise.log_sigma.grad = None  # frozen: Adam skips a parameter without a gradient
+                optimizer.step()
+                if noises:
+                    project_log_sigma_(noises)
+                if collect_grads:
+                    for name, noise in noises_by_name.items():
+                        weight_grad = model.get_submodule(noise.source).weight.grad
+                        squared = weight_grad.detach().flatten(1).pow(2).sum(1)
+                        grad_sq[name] = grad_sq[name] + squared if name in grad_sq else squared
+                batch = labels.numel()
+                sums["loss"] += float(loss.detach()) * batch
+                sums["nll"] += float(nll.detach()) * batch
+                sums["kl"] += float(kl.detach()) * batch
+                sums["correct"] += int((logits.argmax(1) == labels).sum())
+                sums["seen"] += batch
+                if step % 50 == 0:
+                    bar.set_postfix(loss=f"{sums['loss'] / sums['seen']:.4f}", acc=f"{sums['correct'] / sums['seen']:.3f}")
         keeps = None
         if criterion is not None and phase == "train":
             decisions = prune_decisions(model, criterion, grad_sq, config.min_structures_per_layer)

@@ -221,3 +221,17 @@ def test_bad_shapes_and_settings_raise():
 def test_noise_modules_finds_every_layer():
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), LogNormalNoise(4), torch.nn.Sequential(LogNormalNoise(2)))
     assert sorted(noise_modules(model)) == ["1", "2.0"]
+
+
+def test_a_held_mean_evaluates_the_same_without_a_gradient_and_is_released():
+    noise = LogNormalNoise(5, init_mu=-1.0, init_log_sigma=-0.5).eval()
+    x = torch.randn(4, 5, requires_grad=True)
+    expected = noise(x)
+    with noise.hold_mean():
+        held = noise(x)
+        held.sum().backward()
+        assert x.grad is not None and noise.mu.grad is None and noise.log_sigma.grad is None  # nothing flows to frozen posteriors
+    assert torch.equal(held, expected.detach())
+    with torch.no_grad():
+        noise.mu.fill_(-3.0)
+    assert not torch.equal(noise(x), expected)  # released: the mean follows the posterior again
