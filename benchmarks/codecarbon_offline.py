@@ -10,9 +10,10 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from bmrs.artifacts import json_safe  # noqa: F401 - re-exported for the energy modules
 
 # codecarbon CPU modes that read a hardware energy counter; every other mode
 # (cpu_load, constant) multiplies an assumed TDP by load or a fixed fraction.
@@ -212,12 +213,3 @@ def read_mode(tracker) -> MeasurementMode:
     )
 
 
-def json_safe(value):
-    """``value`` with every non-finite float replaced by None (JSON has no NaN or inf)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value

@@ -7,12 +7,13 @@ them never fails a run whose models and report are written (a Prefect API error 
 """
 from __future__ import annotations
 
-import math
 import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from bmrs.artifacts import json_safe
 
 # Prefect accepts lowercase letters, digits and dashes in artifact keys.
 _KEY_UNSAFE = re.compile(r"[^a-z0-9-]+")
@@ -23,16 +24,7 @@ def artifact_key(*parts: str) -> str:
     return re.sub("-{2,}", "-", key).strip("-") or "bmrs"
 
 
-def finite(value: Any) -> Any:
-    """``value`` with every NaN or infinity replaced by None, at any depth: Prefect stores artifacts as
-    JSON, in which they are not valid."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(v) for v in value]
-    return value
+finite = json_safe  # NaN and infinity are not valid in the JSON Prefect stores artifacts as
 
 
 def run_metric_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -6,6 +6,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from bmrs.artifacts import json_safe  # noqa: F401 - re-exported for the reporting modules
+
 NA = "n/a"
 
 
@@ -95,12 +97,3 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return [line(header), "|" + "---|" * len(header), *(line(row) for row in rows)]
 
 
-def json_safe(value: Any) -> Any:
-    """``value`` with every NaN or inf replaced by None, tuples as lists and keys as strings."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(key): json_safe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(item) for item in value]
-    return value

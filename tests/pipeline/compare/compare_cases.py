@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from bmrs.artifacts import write_json
+from conftest import write_blobs as write_pipeline_blobs  # tests/pipeline/conftest.py
 from bmrs.nn.noise import noise_modules
 from bmrs.train.checkpoint import save_checkpoint
 from pipeline.compare import plan
@@ -27,18 +27,9 @@ FLOW = "tiny"
 PRUNED = 3  # structures of each noise layer the fake bmrs_n run removes
 
 
-def write_blobs(path: Path, *, train: int = 80, test: int = 40, classes: int = 4, seed: int = 0) -> Path:
-    """Overlapping Gaussian blobs as 8x8 images."""
-    generator = np.random.default_rng(seed)
-    centres = generator.random((classes, 8, 8))
-
-    def split(n: int) -> tuple[np.ndarray, np.ndarray]:
-        labels = np.arange(n) % classes
-        return (centres[labels] + 0.5 * generator.standard_normal((n, 8, 8))).astype(np.float32), labels
-
-    (x, y), (x_test, y_test) = split(train), split(test)
-    np.savez(path, x=x, y=y, x_test=x_test, y_test=y_test)
-    return path
+def write_blobs(path: Path, *, train: int = 80, test: int = 40) -> Path:
+    """The pipeline tests' Gaussian blobs as 8x8 images, fewer of them: a comparison runs many flows."""
+    return write_pipeline_blobs(path, train=train, test=test)
 
 
 def write_flows(folder: Path) -> Path:
