@@ -30,6 +30,17 @@ def write_run_report(run_dir: Path) -> Path:
     return _write_text(run.run_dir / "report.md", run_markdown(run))
 
 
+def write_run_report_or_warn(run_dir: Path) -> Path | None:
+    """``write_run_report`` at the end of a run. ``report.md`` is a view of files already written: a
+    rendering error leaves the finished run (its models, report.json, status) as it is and prints
+    how to retry, rather than failing a run whose models were measured and written."""
+    try:
+        return write_run_report(run_dir)
+    except Exception as error:  # noqa: BLE001 - see the docstring
+        print(f"bmrs: report.md was not written ({type(error).__name__}: {error}); `bmrs report {run_dir}` retries")
+        return None
+
+
 def _write_text(path: Path, text: str) -> Path:
     partial = path.with_name(f".{path.name}.partial")  # never a half-written report
     partial.write_text(text)

@@ -373,21 +373,10 @@ def report_stage(
         set_status(run_dir, RunState.DEGRADED, checks["warning"])
     else:
         set_status(run_dir, RunState.COMPLETED)
-    write_report_md(run_dir)
+    from pipeline.reporting.run_report import write_run_report_or_warn
+
+    write_run_report_or_warn(run_dir)
     return run_dir / "report.json"
-
-
-def write_report_md(run_dir: Path) -> Path | None:
-    """``report.md``, the report a person reads, from the files the run wrote. It is a view: a
-    rendering error leaves the finished run (its models, report.json, status) as it is and says how
-    to retry, instead of failing a run whose models were measured and written."""
-    from pipeline.reporting import write_run_report
-
-    try:
-        return write_run_report(run_dir)
-    except Exception as error:  # noqa: BLE001 - see the docstring
-        print(f"bmrs: report.md was not written ({type(error).__name__}: {error}); `bmrs report {run_dir}` retries")
-        return None
 
 
 def degraded_warning(run_dir: Path) -> str | None:
