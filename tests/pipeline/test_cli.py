@@ -64,8 +64,9 @@ def test_default_flow_writes_a_complete_report(tmp_path):
     for section in (dense, pruned):
         assert section["params"] > 0 and section["flops"] > 0 and 0.3 < section["accuracy"] <= 1.0
         assert 0.0 < section["nll"] and 0.0 <= section["ece"] <= 1.0
-    # l2 at ratio 0.3 removes round(0.3 * width) structures of every noise layer, for good.
-    assert pruned["widths"] == {"features.0": 4, "features.3": 11, "classifier.1": 84, "classifier.3": 59, "classifier.5": 10}
+    # l2 at ratio 0.3 removes round(0.3 * width) structures of every noise layer, for good; the
+    # default flow spares the input layer (model.noise_on_first_layer: false), so conv1 keeps 6.
+    assert pruned["widths"] == {"features.0": 6, "features.3": 11, "classifier.1": 84, "classifier.3": 59, "classifier.5": 10}
     assert pruned["params"] < dense["params"] and pruned["flops"] < dense["flops"]
     assert pruned["compression"] == pytest.approx(1 - pruned["params"] / dense["params"])
     assert pruned["accuracy"] == pytest.approx(pruned["masked_accuracy"], abs=2e-4)
@@ -89,6 +90,13 @@ def test_default_flow_writes_a_complete_report(tmp_path):
     assert json.loads((run_dirs[0] / "status.json").read_text())["state"] == "completed"
     history = json.loads((run_dirs[0] / "train" / "history.json").read_text())
     assert [h["phase"] for h in history] == ["train", "train", "finetune"]
+    # The report a person reads, its key line in the terminal, and the run's energy per stage.
+    markdown = (run_dirs[0] / "report.md").read_text()
+    assert "## Results" in markdown and "| dense reference |" in markdown and "| l2 |" in markdown
+    assert f"l2: {100 * pruned['compression']:.1f}% of parameters removed" in result.stdout
+    energy = report["energy"]
+    assert set(energy["stages"]) == {"training", "fine_tuning", "baseline_training", "slicing_export", "benchmarking"}
+    assert energy["note"] and (energy["available"] or energy["reason"])
 
 
 @pytest.mark.parametrize(
