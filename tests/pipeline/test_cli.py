@@ -92,8 +92,8 @@ def test_default_flow_writes_a_complete_report(tmp_path):
     assert [h["phase"] for h in history] == ["train", "train", "finetune"]
     # The report a person reads, its key line in the terminal, and the run's energy per stage.
     markdown = (run_dirs[0] / "report.md").read_text()
-    assert "## Results" in markdown and "| dense reference |" in markdown and "| l2 |" in markdown
-    assert f"l2: {100 * pruned['compression']:.1f}% of parameters removed" in result.stdout
+    assert "## Results" in markdown and "| dense reference |" in markdown and "| l2 (ratio=0.3) |" in markdown
+    assert f"l2 (ratio=0.3): {100 * pruned['compression']:.1f}% of parameters removed" in result.stdout
     energy = report["energy"]
     assert set(energy["stages"]) == {"training", "fine_tuning", "baseline_training", "slicing_export", "benchmarking"}
     assert energy["note"] and (energy["available"] or energy["reason"])
