@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import socket
+
 import pytest
 import torch
 
@@ -45,3 +47,17 @@ def onnx_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def input_shape() -> tuple[int, ...]:
     return (IN_FEATURES,)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Record and refuse every connection or DNS lookup attempt."""
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("network disabled in tests")
+
+    monkeypatch.setattr(socket.socket, "connect", lambda self, addr: refuse(addr))
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    return attempts

@@ -3,7 +3,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import socket
 
 import pytest
 
@@ -14,18 +13,6 @@ NUMBERS = ("duration_s", "energy_kwh", "cpu_energy_kwh", "ram_energy_kwh", "gpu_
            "emissions_kg_co2", "energy_per_inference_j", "energy_per_sample_j")
 
 
-@pytest.fixture
-def no_network(monkeypatch):
-    """Record and refuse every connection or DNS lookup attempt."""
-    attempts = []
-
-    def refuse(*args, **kwargs):
-        attempts.append(args)
-        raise OSError("network disabled in tests")
-
-    monkeypatch.setattr(socket.socket, "connect", lambda self, addr: refuse(addr))
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    return attempts
 
 
 def test_short_real_run_reports_finite_energy_and_its_method(onnx_models, input_shape, no_network):

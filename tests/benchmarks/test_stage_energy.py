@@ -5,24 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import socket
 
 import pytest
 
 from benchmarks.stage_energy import EnergyMeter, Figure, StageLedger
 
 
-@pytest.fixture
-def no_network(monkeypatch):
-    attempts = []
-
-    def refuse(*args, **kwargs):
-        attempts.append(args)
-        raise OSError("network disabled in tests")
-
-    monkeypatch.setattr(socket.socket, "connect", lambda self, addr: refuse(addr))
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    return attempts
 
 
 def busy(seconds: float) -> int:
