@@ -17,6 +17,8 @@ import torch_pruning as tp
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _NormBase
 
+from bmrs.models.structures import coupled_layers, dependency_graph
+from bmrs.nn.groups import noise_groups
 from bmrs.nn.noise import LogNormalNoise, noise_modules
 from bmrs.nn.fold import fold_noise
 
@@ -96,27 +98,31 @@ def slice_(model: nn.Module, keep: Mapping[str, Tensor], example_input: Tensor) 
 
     was_training = sliced.training
     frozen = {name for name, parameter in sliced.named_parameters() if not parameter.requires_grad}
-    # The graph is traced through autograd: parameters must require grad and grad must be on.
-    for parameter in sliced.parameters():
-        parameter.requires_grad_(True)
     sliced.eval()
-    with torch.enable_grad():
-        graph = tp.DependencyGraph().build_dependency(sliced, example_inputs=example_input, verbose=False)
+    graph = dependency_graph(sliced, example_input)
     paths = {id(module): name for name, module in sliced.named_modules()}
+    removed_with: set[str] = set()  # coupled layers whose outputs went with an earlier layer's group
     for path, (layer, drop) in plan.items():
+        if path in removed_with:
+            continue
         prune_fn = tp.prune_linear_out_channels if isinstance(layer, nn.Linear) else tp.prune_conv_out_channels
         group = graph.get_pruning_group(layer, prune_fn, drop)
-        for dep, _ in group:
+        for dep, indices in group:
             other = dep.target.module
-            # Another layer whose outputs must go with these (e.g. summed by a residual) would lose
-            # channels that were never zeroed, whether or not it has a mask of its own.
-            if other is not layer and isinstance(other, SLICEABLE_LAYERS) and graph.is_out_channel_pruning_fn(dep.handler):
+            if other is layer or not isinstance(other, SLICEABLE_LAYERS) or not graph.is_out_channel_pruning_fn(dep.handler):
+                continue
+            # A coupled layer (summed by a residual, tied by a depthwise convolution) loses these channels
+            # too, which is exact only if it zeroed the very same ones.
+            partner = paths.get(id(other), type(other).__name__)
+            partner_drop = plan[partner][1] if partner in plan else []
+            if partner_drop != sorted(indices):
                 raise ValueError(
-                    f"the outputs of {path!r} and {paths.get(id(other), type(other).__name__)!r} are coupled "
-                    "(summed by a residual, or tied by a depthwise convolution), so removing channels of one removes "
-                    "them from the other; leave these layers without noise (bmrs.models.structures.analyse_structures lists "
-                    "the layers that can carry it)"
+                    f"the outputs of {path!r} and {partner!r} are coupled (summed by a residual, or tied by a depthwise "
+                    f"convolution), so a channel removed from one is removed from both, but their masks differ ({path!r} "
+                    f"removes {_brief(drop)}, {partner!r} removes {_brief(partner_drop)}); give coupled layers one mask "
+                    "(noise on coupled layers forms one group, decided as one: bmrs.models.structures.analyse_structures)"
                 )
+            removed_with.add(partner)
         group.prune()
     sliced.train(was_training)
     # Pruning replaces parameters by new ones, so the caller's frozen flags are restored by name.
@@ -137,16 +143,23 @@ def check_sliceable(noisy_model: nn.Module, example_input: Tensor) -> None:
     output (masked) is compared with that of its folded, sliced model. The copy's normalisation
     statistics and affine parameters are randomised first: a fresh BatchNorm maps zero to zero,
     which would hide a noise placed before it. A mismatch names the layers at fault, each found by
-    trying it alone. ``noisy_model`` is untouched.
+    trying its group (a coupled group's members lose the structure together) alone. ``noisy_model``
+    is untouched.
     """
     trial = _trial_copy(noisy_model)
-    noises = {name: noise for name, noise in noise_modules(trial).items() if noise.num_structures >= 2}
+    _check_groups(trial, example_input)
+    groups = [group.members for group in noise_groups(trial) if group.num_structures >= 2]
+    noises = {name: noise for members in groups for name, noise in members.items()}
     if not noises:
         return
     gap, bound = _slice_gap(trial, noises, example_input)
     if gap <= bound:
         return
-    culprits = [noise.source.removesuffix(".inner") for name, noise in noises.items() if _slice_gap(trial, {name: noise}, example_input)[0] > bound]
+    culprits = [
+        noise.source.removesuffix(".inner")
+        for members in groups if _slice_gap(trial, members, example_input)[0] > bound
+        for noise in members.values()
+    ]  # fmt: skip
     raise ValueError(
         f"removing a pruned structure of {culprits or sorted(n.source.removesuffix('.inner') for n in noises.values())} changes the model's output "
         f"(by up to {gap:.3g}) although masking it should not, so the exported model would differ from the evaluated one; "
@@ -154,6 +167,28 @@ def check_sliceable(noisy_model: nn.Module, example_input: Tensor) -> None:
         "an activation with f(0) != 0, an added constant): put the noise on a layer whose outputs feed the next layer "
         "directly, or list noise points without it"
     )
+
+
+def _check_groups(noisy_model: nn.Module, example_input: Tensor) -> None:
+    """Every layer coupled with a noisy layer must be a noisy layer of the same group: training
+    decides a group's channels as one, and separate decisions could never be sliced."""
+    groups = {group.name: group for group in noise_groups(noisy_model)}
+    plain, _ = fold_noise(noisy_model)
+    group_of_source = {noise.source.removesuffix(".inner"): name for name, group in groups.items() for noise in group.members.values()}
+    graph = dependency_graph(plain, example_input)
+    paths = {id(module): path for path, module in plain.named_modules()}
+    for source, group in group_of_source.items():
+        partners, problem = coupled_layers(graph, plain.get_submodule(source), lambda m: paths.get(id(m), type(m).__name__))
+        if problem is not None:
+            raise ValueError(f"the noise of {source!r} cannot be sliced: {problem}; list noise points without it")
+        strays = [partner for partner in partners if group_of_source.get(partner) != group]
+        if strays:
+            raise ValueError(
+                f"the output channels of {source!r} are coupled with {strays} (summed by a residual, or tied by a depthwise "
+                "convolution), but their noise is not one group, so training would decide their channels apart and "
+                "slicing could not remove them; build the noise points with bmrs.models.structures.analyse_structures "
+                "(which groups coupled layers) or list every coupled layer as a noise point"
+            )
 
 
 def _trial_copy(noisy_model: nn.Module) -> nn.Module:
@@ -258,6 +293,10 @@ def _check_mask(model: nn.Module, path: str, mask: Tensor) -> nn.Module:
             "all-zero structure for a fully pruned layer)"
         )
     return layer
+
+
+def _brief(indices: list[int]) -> str:
+    return f"channels {indices[:8]}{' ...' if len(indices) > 8 else ''}" if indices else "none"
 
 
 def _drop_indices(mask: Tensor) -> list[int]:

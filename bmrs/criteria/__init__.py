@@ -4,7 +4,7 @@ BMRS_N and BMRS_U (``bmr``) and the paper's baselines SNR, E[theta], L2 and grad
 A criterion is its own configuration: ``BMRSLogUniform(p1=4)`` in Python, ``{name: bmrs_u, p1: 4}``
 or ``bmrs_u`` in ``flows.yaml`` (``criterion_from``)."""
 from bmrs.criteria.base import (
-    CRITERIA, Criterion, Decision, LayerView, build_criterion, changed_settings, check_criterion, complete_settings, criterion_from,
+    CRITERIA, Criterion, Decision, GroupView, LayerView, as_group, build_criterion, group_views, changed_settings, check_criterion, complete_settings, criterion_from,
     criterion_name, criterion_settings, register_criterion, settings_of,
 )  # fmt: skip
 # BMR first: the registry's order is the order reports and default criteria lists show.
@@ -13,6 +13,6 @@ from bmrs.criteria.baselines import ExpectedNoise, GradientNorm, IncomingWeightN
 
 __all__ = [
     "CRITERIA", "BMRSLogNormal", "BMRSLogUniform", "Criterion", "Decision", "ExpectedNoise", "GradientNorm",
-    "IncomingWeightNorm", "LayerView", "SignalToNoise", "build_criterion", "changed_settings", "check_criterion", "complete_settings",
+    "GroupView", "IncomingWeightNorm", "LayerView", "as_group", "group_views", "SignalToNoise", "build_criterion", "changed_settings", "check_criterion", "complete_settings",
     "criterion_from", "criterion_name", "criterion_settings", "incoming_weight_norm", "register_criterion", "settings_of",
 ]  # fmt: skip

@@ -1,9 +1,13 @@
 """The criterion protocol and registry, and the one way a configuration names a criterion.
 
-A criterion looks at one noise layer at a time (``LayerView``: its noise posterior, the layer that
-produces its structures, and gradient statistics when it asks for them) and returns a ``Decision``:
-per-structure importance scores (higher keeps) and which structures to prune. Structures already
-pruned are never revived: ``Decision.prune`` only ever adds to the mask.
+A criterion looks at one group of noise layers at a time (``GroupView``: for each member its noise
+posterior, the layer that produces its structures, and gradient statistics when it asks for them)
+and returns a ``Decision``: per-structure importance scores (higher keeps) and which structures to
+prune. A group is the set of layers whose structure ``i`` is one removable channel (a residual
+stream's producers, a depthwise convolution and its producer; ``bmrs.nn.groups``); most layers are
+a group of one, and a criterion may be handed a single ``LayerView`` for one. Each criterion
+documents how it scores a group of several. Structures already pruned are never revived:
+``Decision.prune`` only ever adds to the mask.
 
 A criterion is a frozen dataclass whose fields are its settings, registered with
 ``@register_criterion("name")``; the instance *is* the configuration (``TrainConfig(criterion=
@@ -23,6 +27,7 @@ from typing import Any, Callable, ClassVar, Mapping, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from bmrs.nn.groups import noise_groups
 from bmrs.nn.noise import LogNormalNoise
 
 
@@ -32,6 +37,55 @@ class LayerView:
     noise: LogNormalNoise
     source: nn.Module
     grad_sq: Tensor | None = None  # per-structure sum of squared gradients of the incoming weights
+
+
+@dataclass(frozen=True)
+class GroupView:
+    """What a criterion decides on: ``members`` whose structure ``i`` is one channel (one member for
+    an uncoupled layer). ``name`` is the group's (its first member's noise-layer name)."""
+
+    name: str
+    members: tuple[LayerView, ...]
+
+    def __post_init__(self) -> None:
+        if not self.members or not all(isinstance(member, LayerView) for member in self.members):
+            raise TypeError(f"a GroupView needs one or more LayerViews, got {self.members!r}")
+        sizes = {member.name: member.noise.num_structures for member in self.members}
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"the members of group {self.name!r} have different numbers of structures {sizes}")
+
+    @property
+    def num_structures(self) -> int:
+        return self.members[0].noise.num_structures
+
+    @property
+    def mask(self) -> Tensor:
+        """Channels alive in every member (pruning keeps the members' masks equal)."""
+        alive = self.members[0].noise.mask.clone()
+        for member in self.members[1:]:
+            alive &= member.noise.mask
+        return alive
+
+
+def group_views(model: nn.Module, grad_sq: Mapping[str, Tensor] | None = None) -> list[GroupView]:
+    """Every noise group of ``model`` as the criterion sees it, with the gradient statistics
+    ``grad_sq`` holds for its members (by noise-layer name)."""
+    grad_sq = grad_sq or {}
+    return [
+        GroupView(group.name, tuple(
+            LayerView(name, noise, model.get_submodule(noise.source), grad_sq.get(name)) for name, noise in group.members.items()
+        ))  # fmt: skip
+        for group in noise_groups(model)
+    ]
+
+
+def as_group(view: LayerView | GroupView) -> GroupView:
+    """``view`` as a group: a single layer is a group of one."""
+    if isinstance(view, GroupView):
+        return view
+    if isinstance(view, LayerView):
+        return GroupView(view.name, (view,))
+    raise TypeError(f"a criterion decides on a GroupView (or a LayerView for one layer), got {type(view).__name__}")
 
 
 @dataclass(frozen=True)
@@ -47,7 +101,7 @@ class Criterion(Protocol):
     # Its prune decision is the evidence boundary dF >= 0, which post-training curves mark.
     prunes_at_evidence_boundary: ClassVar[bool]
 
-    def decide(self, layer: LayerView) -> Decision: ...
+    def decide(self, view: GroupView | LayerView) -> Decision: ...
 
 
 CRITERIA: dict[str, type] = {}
@@ -110,16 +164,18 @@ def posterior(noise: LogNormalNoise) -> tuple[Tensor, Tensor]:
     return noise.mu.detach().double(), noise.sigma().detach().double()
 
 
-def with_history(noise: LogNormalNoise, scores: Tensor, prune_new: Tensor) -> Decision:
-    already = ~noise.mask
+def with_history(unit: GroupView | LogNormalNoise, scores: Tensor, prune_new: Tensor) -> Decision:
+    """``scores`` and ``prune_new`` with ``unit``'s (a group's or one noise's) pruned structures
+    scored lowest and kept pruned."""
+    already = ~unit.mask
     return Decision(scores=torch.where(already, -torch.inf, scores), prune=prune_new | already)
 
 
-def lowest_fraction(noise: LogNormalNoise, scores: Tensor, ratio: float) -> Decision:
-    """Prune the lowest-scoring alive structures until ``ratio`` of the layer is gone."""
-    total = noise.num_structures
+def lowest_fraction(unit: GroupView | LogNormalNoise, scores: Tensor, ratio: float) -> Decision:
+    """Prune the lowest-scoring alive structures until ``ratio`` of the layer (or group) is gone."""
+    total = unit.num_structures
     target = min(int(round(ratio * total)), total - 1)
-    already = ~noise.mask
+    already = ~unit.mask
     extra = max(target - int(already.sum()), 0)
     prune = already.clone()
     if extra:

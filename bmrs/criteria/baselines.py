@@ -1,14 +1,22 @@
 """The paper's baseline criteria: thresholds on the noise posterior (SNR, E[theta]) and fixed
-fractions per layer by weight magnitude (L2) or gradient norm."""
+fractions per layer by weight magnitude (L2) or gradient norm.
+
+A coupled group (``GroupView``: layers whose structure ``i`` is one channel) is scored as follows.
+SNR and E[theta]: the largest member's value, so a channel goes only when every layer it lives in
+would lose it on its own (its members scale different addends of a sum, not one chain, so a
+product would call a channel weak that one addend still carries). L2 and gradient: the norm over
+the whole group's incoming weights (the root of the members' summed squares), as torch-pruning's
+group importance does; the fraction is then removed from the group's channels."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from bmrs.criteria.base import (
-    Decision, LayerView, check_number, check_ratio, lowest_fraction, register_criterion, with_history,
+    Decision, GroupView, LayerView, as_group, check_number, check_ratio, lowest_fraction, register_criterion, with_history,
 )  # fmt: skip
 
 
@@ -24,9 +32,10 @@ class SignalToNoise:
     def __post_init__(self) -> None:
         check_number(self, "threshold", "a finite number >= 0 (structures with a lower SNR are pruned)", lambda v: v >= 0)
 
-    def decide(self, layer: LayerView) -> Decision:
-        snr = layer.noise.snr().detach().double()
-        return with_history(layer.noise, snr, snr < self.threshold)
+    def decide(self, view: GroupView | LayerView) -> Decision:
+        group = as_group(view)
+        snr = _largest([member.noise.snr().detach().double() for member in group.members])
+        return with_history(group, snr, snr < self.threshold)
 
 
 @register_criterion("etheta")
@@ -41,9 +50,18 @@ class ExpectedNoise:
     def __post_init__(self) -> None:
         check_number(self, "threshold", "a number in [0, 1] (structures with a lower E[theta] are pruned)", lambda v: 0 <= v <= 1)
 
-    def decide(self, layer: LayerView) -> Decision:
-        mean = layer.noise.mean().detach().double()
-        return with_history(layer.noise, mean, mean < self.threshold)
+    def decide(self, view: GroupView | LayerView) -> Decision:
+        group = as_group(view)
+        mean = _largest([member.noise.mean().detach().double() for member in group.members])
+        return with_history(group, mean, mean < self.threshold)
+
+
+def _largest(per_member: list[Tensor]) -> Tensor:
+    return torch.stack(per_member).amax(dim=0)
+
+
+def _root_sum_of_squares(per_member: list[Tensor]) -> Tensor:
+    return torch.stack(per_member).pow(2).sum(dim=0).sqrt()
 
 
 def incoming_weight_norm(source: nn.Module) -> Tensor:
@@ -99,8 +117,10 @@ class IncomingWeightNorm(_FractionPerLayer):
     needs_gradients: ClassVar[bool] = False
     prunes_at_evidence_boundary: ClassVar[bool] = False
 
-    def decide(self, layer: LayerView) -> Decision:
-        return lowest_fraction(layer.noise, incoming_weight_norm(layer.source), self.ratio_for(layer.name))
+    def decide(self, view: GroupView | LayerView) -> Decision:
+        group = as_group(view)
+        norms = _root_sum_of_squares([incoming_weight_norm(member.source) for member in group.members])
+        return lowest_fraction(group, norms, self.ratio_for(group.name))
 
 
 @register_criterion("grad")
@@ -113,10 +133,14 @@ class GradientNorm(_FractionPerLayer):
     needs_gradients: ClassVar[bool] = True
     prunes_at_evidence_boundary: ClassVar[bool] = False
 
-    def decide(self, layer: LayerView) -> Decision:
-        if layer.grad_sq is None:
-            raise ValueError(
-                f"criterion 'grad' needs gradient statistics for layer {layer.name!r}; "
-                "run it through the training loop, which collects them when needs_gradients is set"
-            )
-        return lowest_fraction(layer.noise, layer.grad_sq.detach().double().sqrt(), self.ratio_for(layer.name))
+    def decide(self, view: GroupView | LayerView) -> Decision:
+        group = as_group(view)
+        for member in group.members:
+            if member.grad_sq is None:
+                raise ValueError(
+                    f"criterion 'grad' needs gradient statistics for layer {member.name!r}; "
+                    "run it through the training loop, which collects them when needs_gradients is set"
+                )
+        # grad_sq is already a sum of squares per structure: a group's is the members' total.
+        summed = torch.stack([member.grad_sq.detach().double() for member in group.members]).sum(dim=0)
+        return lowest_fraction(group, summed.sqrt(), self.ratio_for(group.name))

@@ -1,13 +1,20 @@
 """The Bayesian model reduction criteria (paper section 4): prune a structure where the evidence is
 at least as high without it, ``dF >= 0``, under a log-normal (BMRS_N) or log-uniform (BMRS_U)
-reduced prior. No threshold to tune: the reduced prior's support decides."""
+reduced prior. No threshold to tune: the reduced prior's support decides.
+
+A coupled group (``GroupView``) is reduced as one: with the mean-field posterior ``q = prod_i q_i``
+and priors that factorise the same way, ``log E_q[prod_i p~_i / p_i] = sum_i dF_i``, so the group's
+evidence change is the sum of its members' and the exact rule is ``sum_i dF_i >= 0``. One member
+that is confidently prunable can carry members that lean slightly to keep, and the reverse."""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-from bmrs.criteria.base import Decision, LayerView, check_number, posterior, register_criterion, with_history
+from torch import Tensor
+
+from bmrs.criteria.base import Decision, GroupView, LayerView, as_group, check_number, posterior, register_criterion, with_history
 from bmrs.math.reduction import delta_f_lognormal, delta_f_loguniform
 
 
@@ -31,13 +38,16 @@ class BMRSLogNormal:
         check_number(self, "sigma_p", "a finite number > 0 (the reduced prior's standard deviation of log theta)", lambda v: v > 0)
         check_number(self, "margin", "a finite number (0 for the exact rule dF >= 0)")
 
-    def decide(self, layer: LayerView) -> Decision:
+    def decide(self, view: GroupView | LayerView) -> Decision:
+        group = as_group(view)
+        delta_f = sum(self.delta_f(member) for member in group.members)
+        return with_history(group, -delta_f, delta_f >= self.margin)
+
+    def delta_f(self, layer: LayerView) -> Tensor:
+        """One layer's ``dF`` per structure (float64)."""
         mu, sigma = posterior(layer.noise)
         mu_p = layer.noise.log_a if self.mu_p is None else self.mu_p
-        delta_f = delta_f_lognormal(
-            mu, sigma, mu_p=mu_p, sigma_p=self.sigma_p, log_a=layer.noise.log_a, log_b=layer.noise.log_b
-        )
-        return with_history(layer.noise, -delta_f, delta_f >= self.margin)
+        return delta_f_lognormal(mu, sigma, mu_p=mu_p, sigma_p=self.sigma_p, log_a=layer.noise.log_a, log_b=layer.noise.log_b)
 
 
 @register_criterion("bmrs_u")
@@ -68,9 +78,12 @@ class BMRSLogUniform:
                 f"e^{log_b:g} (noise.log_b); choose p1 >= {-log_b / math.log(2.0):.4g}, or raise noise.log_b"
             )
 
-    def decide(self, layer: LayerView) -> Decision:
+    def decide(self, view: GroupView | LayerView) -> Decision:
+        group = as_group(view)
+        delta_f = sum(self.delta_f(member) for member in group.members)
+        return with_history(group, -delta_f, delta_f >= 0)
+
+    def delta_f(self, layer: LayerView) -> Tensor:
+        """One layer's ``dF`` per structure (float64)."""
         mu, sigma = posterior(layer.noise)
-        delta_f = delta_f_loguniform(
-            mu, sigma, p1=self.p1, p2=self.p2, log_a=layer.noise.log_a, log_b=layer.noise.log_b
-        )
-        return with_history(layer.noise, -delta_f, delta_f >= 0)
+        return delta_f_loguniform(mu, sigma, p1=self.p1, p2=self.p2, log_a=layer.noise.log_a, log_b=layer.noise.log_b)

@@ -12,11 +12,15 @@ structure computes exactly what *masking* it (multiplying it by zero) computed. 
   ``f(0)`` into the next layer;
 - a normalisation over features (LayerNorm, GroupNorm) follows: its statistics mix every feature,
   so removing one changes the others;
-- the layer's outputs are coupled to another layer's (summed by a residual connection, tied one to
-  one by a depthwise convolution) or the layer is called twice: removing a channel of one removes it
-  from all, including channels nobody decided to prune;
+- the layer is called twice: its outputs at every call would go together;
 - the layer is never called as a module (``nn.MultiheadAttention`` uses its ``out_proj`` weights
   directly), so noise wrapped around it would never run.
+
+Layers whose outputs are coupled (summed by a residual connection, tied one to one by a depthwise
+convolution) form a group: removing channel ``i`` of one removes it from all, so each member carries
+its own noise (placed by the rules above) and the points share a ``group`` name; training decides
+and removes a group's channel as one (``bmrs.nn.groups``). If any member cannot carry noise, none
+of the group does: masking the others would not zero the channel, so slicing could not remove it.
 
 ``analyse_structures`` traces the model once with torch-pruning's dependency graph (autograd-based,
 so any ``forward`` works) and gives a verdict per layer. ``export.slicing.check_sliceable`` then
@@ -26,8 +30,10 @@ the rest.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -88,7 +94,23 @@ class StructureMap:
             raise ValueError(
                 f"{'; '.join(problems)}. Layers of this model that can carry noise: {self.carriers()}"
             )
+        for path in paths:
+            members = self.verdicts[path].coupled
+            missing = [member for member in members if member not in counts]
+            if missing:
+                raise ValueError(
+                    f"{setting} {path!r} is coupled with {list(members)} (a channel of one is a channel of all), so "
+                    f"they carry noise together; add {missing} to the list, or remove {path!r}"
+                )
         return [self.verdicts[path].point for path in self.verdicts if path in counts]
+
+    def groups(self) -> dict[str, tuple[str, ...]]:
+        """Each coupled group that can carry noise: its name and its member layers, in module order."""
+        found: dict[str, tuple[str, ...]] = {}
+        for verdict in self.verdicts.values():
+            if verdict.point is not None and verdict.point.group is not None:
+                found[verdict.point.group] = verdict.coupled
+        return found
 
     def _why_not(self, path: str) -> str | None:
         verdict = self.verdicts.get(path)
@@ -103,22 +125,56 @@ def analyse_structures(model: nn.Module, example_input: Tensor) -> StructureMap:
     """Trace ``model`` (a copy, in evaluation mode) on ``example_input`` and judge every Linear/Conv2d."""
     if not isinstance(example_input, Tensor):
         raise TypeError(f"example_input must be a Tensor batch, got {type(example_input).__name__}")
+    probe = copy.deepcopy(model).eval()
+    paths = {id(module): name for name, module in probe.named_modules()}
+    calls = _call_counts(probe, example_input)
+    graph = dependency_graph(probe, example_input)
+    layers = sliceable_layers(probe)
+    order = {path: index for index, (path, _) in enumerate(layers)}
+    verdicts = {}
+    for path, layer in layers:
+        point, reason, coupled = _judge(graph, paths, calls, path, layer, order)
+        verdicts[path] = LayerVerdict(path, point, reason, coupled)
+    return StructureMap(_resolve_groups(verdicts))
+
+
+def _resolve_groups(verdicts: dict[str, LayerVerdict]) -> dict[str, LayerVerdict]:
+    """Coupled layers carry noise as one group when every member can carry it alone, else none does."""
+    resolved = dict(verdicts)
+    for path, verdict in verdicts.items():
+        members = verdict.coupled
+        if len(members) < 2 or members[0] != path:
+            continue  # a group is resolved once, at its first member
+        unknown = [member for member in members if member not in verdicts]
+        blocked = [member for member in members if member in verdicts and verdicts[member].point is None]
+        if not unknown and not blocked:
+            for member in members:
+                point = dataclasses.replace(verdicts[member].point, group=members[0])
+                resolved[member] = dataclasses.replace(verdicts[member], point=point)
+            continue
+        why = (f"{blocked[0]!r} cannot carry noise ({verdicts[blocked[0]].reason})" if blocked
+               else f"{unknown[0]!r} is not a Linear/Conv2d module of the model")  # fmt: skip
+        for member in (m for m in members if m in verdicts):
+            resolved[member] = LayerVerdict(
+                member, None,
+                f"its output channels are coupled with {list(members)} (a channel of one is a channel of all) and {why}, "
+                "so masking the others would not zero the channel",
+                members,
+            )  # fmt: skip
+    return resolved
+
+
+def dependency_graph(model: nn.Module, example_input: Tensor):
+    """torch-pruning's ``DependencyGraph`` of ``model``. It is traced through autograd, so every
+    parameter of ``model`` is set to require grad (callers that care restore the flags)."""
     # Imported here, not at module level: importing bmrs.models (e.g. for the families alone, as
     # benchmarks.latency_demo does on a bare GPU machine) must not need torch-pruning.
     import torch_pruning as tp
 
-    probe = copy.deepcopy(model).eval()
-    for parameter in probe.parameters():
-        parameter.requires_grad_(True)  # the graph is traced through autograd
-    paths = {id(module): name for name, module in probe.named_modules()}
-    calls = _call_counts(probe, example_input)
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
     with torch.enable_grad():
-        graph = tp.DependencyGraph().build_dependency(probe, example_inputs=example_input, verbose=False)
-    verdicts = {}
-    for path, layer in sliceable_layers(probe):
-        point, reason, coupled = _judge(graph, paths, calls, path, layer)
-        verdicts[path] = LayerVerdict(path, point, reason, coupled)
-    return StructureMap(verdicts)
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
 
 
 def _call_counts(model: nn.Module, example_input: Tensor) -> Counter:
@@ -133,8 +189,9 @@ def _call_counts(model: nn.Module, example_input: Tensor) -> Counter:
     return counts
 
 
-def _judge(graph, paths: dict[int, str], calls: Counter, path: str, layer: nn.Module):
-    """``(point, reason, coupled)`` for one layer."""
+def _judge(graph, paths: dict[int, str], calls: Counter, path: str, layer: nn.Module, order: dict[str, int]):
+    """``(point, reason, coupled)`` for one layer judged alone; ``coupled`` lists its group (itself
+    included, in module order) when its output channels are tied to other layers'."""
     name = lambda module: paths.get(id(module), type(module).__name__)  # noqa: E731
     count = calls[id(layer)]
     if count == 0 or layer not in graph.module2node:
@@ -142,37 +199,52 @@ def _judge(graph, paths: dict[int, str], calls: Counter, path: str, layer: nn.Mo
                       "weights the attention uses directly), so noise around it would never run"), ()  # fmt: skip
     if count > 1:
         return None, f"it is called {count} times in forward (a shared layer), so its outputs at every call would go together", ()
-    import torch_pruning as tp  # lazily, as in analyse_structures
-
     node = graph.module2node[layer]
     if _feeds_output(node):
         return None, "its outputs are the model's outputs (the classes); pruning it would remove classes", ()
-    prune_fn = tp.prune_linear_out_channels if isinstance(layer, nn.Linear) else tp.prune_conv_out_channels
-    group = graph.get_pruning_group(layer, prune_fn, [0])
-    coupled = []
-    for dep, _ in group:
-        other = dep.target.module
-        if other is not layer and isinstance(other, SLICEABLE_LAYERS) and graph.is_out_channel_pruning_fn(dep.handler):
-            coupled.append(other)
-    if coupled or _is_depthwise(layer):
-        members = [layer, *coupled]
-        depthwise = [m for m in members if _is_depthwise(m)]
-        why = (f"the depthwise convolution {name(depthwise[0])!r} ties its channels one to one to its input's"
-               if depthwise else "their outputs are added together (a residual sum) or combined channel by channel")  # fmt: skip
-        group_paths = tuple(sorted({name(m) for m in members}))
-        return None, f"its output channels are coupled with {list(group_paths)} ({why}): removing a channel of one removes it from all", group_paths
+    coupled, problem = coupled_layers(graph, layer, name)
+    members = tuple(sorted({path, *coupled}, key=lambda member: order.get(member, len(order))))
+    if problem is not None:
+        return None, problem, members
+    if len(members) == 1 and _is_depthwise(layer):
+        return None, ("it is a depthwise convolution whose channels are tied one to one to its input's, and no "
+                      "Linear/Conv2d produces that input, so its channels cannot be removed"), ()  # fmt: skip
+    coupled_paths = members if len(members) > 1 else ()
     after_node, after_path = node, path
     successors = [n for n in node.outputs]
     if len(successors) == 1 and isinstance(successors[0].module, nn.modules.batchnorm._BatchNorm):
         norm = successors[0].module
         if norm.num_features == out_width(layer):
             if not norm.affine:
-                return None, f"it feeds the BatchNorm {name(norm)!r} with affine=False, which has no gamma/beta to fold E[theta] into", ()
+                return None, f"it feeds the BatchNorm {name(norm)!r} with affine=False, which has no gamma/beta to fold E[theta] into", coupled_paths
             after_node, after_path = successors[0], name(norm)
     blocker = _inexact_successor(after_node)
     if blocker is not None:
-        return None, blocker, ()
-    return NoisePoint(after_path, path, out_width(layer), structure_dim(layer)), None, ()
+        return None, blocker, coupled_paths
+    return NoisePoint(after_path, path, out_width(layer), structure_dim(layer)), None, coupled_paths
+
+
+def coupled_layers(graph, layer: nn.Module, name: Callable[[nn.Module], str]) -> tuple[list[str], str | None]:
+    """The other Linear/Conv2d layers (named by ``name``) whose output channels go with ``layer``'s
+    in ``graph``, and why they cannot form a group (``None`` when they can): channel ``i`` must be
+    channel ``i`` of every member."""
+    import torch_pruning as tp  # lazily, as in dependency_graph
+
+    prune_fn = tp.prune_linear_out_channels if isinstance(layer, nn.Linear) else tp.prune_conv_out_channels
+    width = out_width(layer)
+    coupled: set[str] = set()
+    for channel in sorted({0, width - 1}):
+        for dep, indices in graph.get_pruning_group(layer, prune_fn, [channel]):
+            other = dep.target.module
+            if other is layer or not isinstance(other, SLICEABLE_LAYERS) or not graph.is_out_channel_pruning_fn(dep.handler):
+                continue
+            coupled.add(name(other))
+            if list(indices) != [channel] or out_width(other) != width:
+                return sorted(coupled), (
+                    f"its output channels are coupled with {name(other)!r} through a reshuffle (a concatenation, split "
+                    "or view), not one to one, so they cannot be decided as one group"
+                )
+    return sorted(coupled), None
 
 
 def _is_depthwise(layer: nn.Module) -> bool:

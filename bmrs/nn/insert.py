@@ -21,12 +21,18 @@ SLICEABLE_LAYERS = (nn.Linear, nn.Conv2d)
 class NoisePoint:
     """Noise on the output of module ``after``, scaling the output structures of module ``source``
     along ``dim`` of the activation (1: a conv map's channels; -1: a Linear's features, which is
-    also right for ``(batch, tokens, features)`` activations)."""
+    also right for ``(batch, tokens, features)`` activations).
+
+    ``group`` names the coupled group of the point, if any: points whose sources' output structures
+    are tied one to one (layers summed by a residual, a depthwise convolution and its producer)
+    share it, and structure ``i`` of each is one channel, kept or removed together. The name is the
+    group's first source layer in module order."""
 
     after: str
     source: str
     channels: int
     dim: int = 1
+    group: str | None = None
 
 
 def structure_dim(layer: nn.Module) -> int:
@@ -70,6 +76,7 @@ def insert_noise(model: nn.Module, points: list[NoisePoint], **noise_options: fl
     for point in points:
         sources[id(model.get_submodule(point.after))] = model.get_submodule(point.source)
         noise = LogNormalNoise(point.channels, dim=point.dim, **noise_options)
+        noise.group = point.group
         set_submodule(model, point.after, Noised(model.get_submodule(point.after), noise))
     paths = {id(module): name for name, module in model.named_modules()}
     for wrapper in (m for m in model.modules() if isinstance(m, Noised)):

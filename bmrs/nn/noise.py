@@ -71,6 +71,9 @@ class LogNormalNoise(nn.Module):
         self.log_sigma = nn.Parameter(torch.full((num_structures,), float(init_log_sigma)))
         self.register_buffer("mask", torch.ones(num_structures, dtype=torch.bool))
         self.source: str | None = None  # the layer whose output structures this scales (set by insert_noise)
+        # The coupled group this noise belongs to (set by insert_noise): structure i of every noise in
+        # one group is the same removable channel, so the group is decided and removed as one.
+        self.group: str | None = None
         self.bank = None  # a bmrs.nn.bank.NoiseBank drawing all layers' noise at once, when attached
         self._held_mean: Tensor | None = None  # E[theta] of frozen posteriors (see hold_mean)
 

@@ -28,11 +28,12 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from bmrs.train.checkpoint import CheckpointError, check_resumable_checkpoint, first_difference, read_checkpoint, save_checkpoint
-from bmrs.criteria import Criterion, LayerView, criterion_name
+from bmrs.criteria import Criterion, criterion_name, group_views
 from bmrs.data import DataBundle, Split
 from bmrs.nn.fold import absorb_expected_noise_
 from bmrs.train.metrics import classification_metrics
 from bmrs.math.fused import compile_enabled
+from bmrs.nn.groups import noise_groups
 from bmrs.nn.noise import LogNormalNoise, noise_modules, noise_modules_under, project_log_sigma_
 from bmrs.train.config import FinetuneNoise, KLWeighting, Schedule, ScheduleUnit, TrainConfig
 
@@ -105,25 +106,26 @@ def structure_compression(model: nn.Module) -> float:
 
 def prune_decisions(model: nn.Module, criterion: Criterion, grad_sq: dict[str, Tensor], min_alive: int) -> dict[str, Tensor]:
     """Per noise layer, the mask of structures the criterion removes (pruned ones included), never
-    leaving fewer than ``min_alive`` structures. Nothing is changed."""
+    leaving fewer than ``min_alive`` structures. The criterion decides per coupled group, so every
+    member of a group gets the same mask. Nothing is changed."""
     decisions = {}
-    for name, noise in noise_modules(model).items():
-        source = model.get_submodule(noise.source)
-        decision = criterion.decide(LayerView(name, noise, source, grad_sq.get(name)))
+    for group in group_views(model, grad_sq):
+        decision = criterion.decide(group)
         prune = decision.prune.clone()
         if int((~prune).sum()) < min_alive:
             # Without a surviving structure the layer, and the network, would output a constant.
             keep = torch.argsort(decision.scores, descending=True, stable=True)[:min_alive]
             prune[keep] = False
-            prune |= ~noise.mask
-        decisions[name] = prune
+            prune |= ~group.mask
+        decisions.update(dict.fromkeys((member.name for member in group.members), prune))
     return decisions
 
 
 def prune_step(model: nn.Module, criterion: Criterion, grad_sq: dict[str, Tensor], min_alive: int) -> int:
-    """Apply the criterion to every noise layer, never leaving fewer than ``min_alive`` structures."""
-    noises = noise_modules(model)
-    return sum(noises[name].prune_(prune) for name, prune in prune_decisions(model, criterion, grad_sq, min_alive).items())
+    """Apply the criterion to every noise group, never leaving fewer than ``min_alive`` structures;
+    returns how many structures (a coupled group's channel counted once) were newly removed."""
+    decisions = prune_decisions(model, criterion, grad_sq, min_alive)
+    return sum(group.prune_(decisions[group.name]) for group in noise_groups(model))
 
 
 def training_fingerprint(model: nn.Module, data: DataBundle, config: TrainConfig) -> dict[str, Any]:
@@ -166,10 +168,15 @@ def _digest(split: Split) -> str:
 
 def prune_starts(model: nn.Module, config: TrainConfig) -> dict[str, int]:
     """Per noise layer, the first epoch after which the criterion prunes it (a later entry of
-    ``prune_start_by_layer`` wins where two name the same layer)."""
+    ``prune_start_by_layer`` wins where two name the same layer). The members of a coupled group
+    start together, at the latest start among them: a channel removed from one member only could
+    not be sliced."""
     starts = dict.fromkeys(noise_modules(model), config.prune_start)
     for path, start in config.prune_start_by_layer.items():
         starts.update(dict.fromkeys(noise_modules_under(model, path, "train.prune_start_by_layer"), start))
+    for group in noise_groups(model):
+        latest = max(starts[name] for name in group.members)
+        starts.update(dict.fromkeys(group.members, latest))
     return starts
 
 

@@ -17,9 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bmrs.criteria import Criterion, LayerView, criterion_from, criterion_name
+from bmrs.criteria import Criterion, criterion_from, criterion_name, group_views
 from bmrs.data import DataBundle
 from bmrs.train.metrics import classification_metrics
+from bmrs.nn.groups import noise_groups
 from bmrs.nn.noise import noise_modules
 from bmrs.train.config import TrainConfig
 from bmrs.train.loop import train_
@@ -132,16 +133,16 @@ def post_training_prune(
     targets = {round(i * len(ranking) / config.steps) for i in range(config.steps + 1)}
     if stop is not None and config.stop_at_bmrs_boundary:
         targets.add(stop)
-    noises = noise_modules(work)
+    groups = {group.name: group for group in noise_groups(work)}
     points: list[CurvePoint] = []
     removed = 0
     for step, target in enumerate(sorted(targets)):
         if target > removed:
-            chunk = {name: torch.zeros_like(noise.mask) for name, noise in noises.items()}
+            chunk = {name: torch.zeros_like(group.mask) for name, group in groups.items()}
             for name, index in ranking[removed:target]:
                 chunk[name][index] = True
             for name, mask in chunk.items():
-                noises[name].prune_(mask)
+                groups[name].prune_(mask)
             removed = target
             if config.finetune_epochs:
                 train_(work, data, TrainConfig(
@@ -163,16 +164,17 @@ def post_training_prune(
 def _rank(
     model: nn.Module, data: DataBundle, criterion: Criterion, config: PostTrainingConfig
 ) -> tuple[list[tuple[str, int]], int | None, int | None]:
-    """(global ranking, lowest score first, of every removable structure; BMRS boundary; removals
-    the boundary allows). Each layer's best structure is left out of the ranking: a layer with no
-    structure outputs a constant, which cuts the network's output off from its input."""
-    noises = noise_modules(model)
+    """(global ranking, lowest score first, of every removable structure as (group name, index);
+    BMRS boundary; removals the boundary allows). A coupled group's channel is one entry. Each
+    group's best structure is left out of the ranking: a layer with no structure outputs a
+    constant, which cuts the network's output off from its input."""
     grad_sq = gradient_statistics(model, data, batch_size=config.batch_size, seed=config.seed) if criterion.needs_gradients else {}
     names, indices, scores, prunes = [], [], [], []
     boundary = 0
-    for name, noise in noises.items():
-        decision = criterion.decide(LayerView(name, noise, model.get_submodule(noise.source), grad_sq.get(name)))
-        alive = noise.mask.nonzero().flatten()
+    for group in group_views(model, grad_sq):
+        name, mask = group.name, group.mask
+        decision = criterion.decide(group)
+        alive = mask.nonzero().flatten()
         if alive.numel() == 0:
             continue
         layer_scores = decision.scores.detach().double()[alive]
@@ -181,7 +183,7 @@ def _rank(
                 f"criterion {criterion_name(criterion)!r} scored a structure of {name!r} NaN, so it cannot be ranked; "
                 "check the model's weights and noise for NaN"
             )
-        boundary += int((decision.prune & noise.mask).sum())
+        boundary += int((decision.prune & mask).sum())
         best = int(torch.argsort(layer_scores, descending=True, stable=True)[0])
         keep = torch.ones_like(alive, dtype=torch.bool)
         keep[best] = False

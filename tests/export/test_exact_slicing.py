@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from bmrs.models import insert_noise
+from bmrs.nn.groups import noise_groups
 from bmrs.nn.noise import noise_modules
 from bmrs.models.structures import NoisePoint, analyse_structures
 from export.onnx_export import OnnxConfig, export_onnx
@@ -29,9 +30,11 @@ def masked_model(name: str, seed: int):
             n = noise.num_structures
             noise.mu.copy_(torch.empty(n).uniform_(-1.5, 0.0, generator=generator))
             noise.log_sigma.copy_(torch.empty(n).uniform_(-3.0, -0.5, generator=generator))
+        for group in noise_groups(model):  # a coupled group loses the same channels in every member
+            n = group.num_structures
             drop = torch.rand(n, generator=generator) < 0.5
             drop[int(torch.randint(n, (1,), generator=generator))] = False
-            noise.prune_(drop)
+            group.prune_(drop)
     return model.eval(), x
 
 

@@ -361,11 +361,14 @@ def _residual(user_module, pruned: tuple[str, ...]) -> nn.Module:
     return model.eval()
 
 
-def test_residual_user_model_with_both_summed_layers_pruned_raises_the_coupling_error(user_module):
+def test_residual_user_model_with_both_summed_layers_pruned_alike_slices_exactly(user_module):
     from export.slicing import slice_model
 
-    with pytest.raises(ValueError, match="'inp' and 'block' are coupled"):
-        slice_model(_residual(user_module, ("inp", "block")), torch.rand(2, 1, 4, 4))
+    model = _residual(user_module, ("inp", "block"))
+    x = torch.rand(5, 1, 4, 4)
+    sliced = slice_model(model, x)
+    assert sliced.widths["inp"] == sliced.widths["block"] == 5
+    assert torch.allclose(sliced.model(x), model(x), atol=1e-5)
 
 
 @pytest.mark.parametrize("pruned", ["inp", "block"])

@@ -34,14 +34,25 @@ def test_activation_with_nonzero_value_at_zero_is_refused_with_the_reason():
     assert found["0"] == (None, found["0"][1]) and "sigmoid(0) = 0.5" in found["0"][1]
 
 
-def test_coupled_layers_name_their_group_and_why():
-    resnet = verdicts("resnet_blocks")
-    assert resnet["block1.conv1"][0] == "block1.bn1" and resnet["block2.conv1"][0] == "block2.bn1"
-    for path in ("stem", "block1.conv2", "block2.conv2"):
-        assert "coupled with ['block1.conv2', 'block2.conv2', 'stem'] (their outputs are added together (a residual sum)" in resnet[path][1]
-    stack = verdicts("pointwise_stack")
-    assert "the depthwise convolution '3' ties its channels one to one" in stack["0"][1]
-    assert stack["6"][0] == "7"
+def test_coupled_layers_carry_noise_as_one_group_after_their_batchnorms():
+    model, shape = build_pattern("resnet_blocks", seed=0)
+    found = analyse_structures(model, torch.randn(2, *shape))
+    stream = ("stem", "block1.conv2", "block2.conv2")  # every producer of the residual stream
+    assert {path: found.verdicts[path].point.after for path in stream} == {"stem": "bn", "block1.conv2": "block1.bn2", "block2.conv2": "block2.bn2"}
+    assert all(found.verdicts[path].point.group == "stem" and found.verdicts[path].coupled == stream for path in stream)
+    assert found.verdicts["block1.conv1"].point.group is None and found.verdicts["block1.conv1"].point.after == "block1.bn1"
+    assert found.groups() == {"stem": stream}
+    stack = analyse_structures(*(lambda m, s: (m, torch.randn(2, *s)))(*build_pattern("pointwise_stack", seed=0)))
+    assert stack.groups() == {"0": ("0", "3")}  # a depthwise conv and its producer
+    assert stack.verdicts["6"].point.after == "7" and stack.verdicts["6"].point.group is None
+
+
+def test_a_group_with_a_member_that_cannot_carry_noise_carries_none_and_says_why():
+    transformer = verdicts("transformer_block")
+    for path in ("embed", "fc2"):  # the residual stream: the LayerNorms mix its features
+        assert transformer[path][0] is None
+        assert "coupled with ['embed', 'fc2']" in transformer[path][1]
+        assert "'embed' cannot carry noise (its outputs are normalised together by the LayerNorm" in transformer[path][1]
 
 
 def test_transformer_linear_noise_acts_on_the_feature_axis_and_unreachable_layers_are_refused():
@@ -59,10 +70,14 @@ def test_explicit_points_list_every_refused_layer_and_the_layers_that_can_carry_
     with pytest.raises(ValueError) as info:
         found.points_for(["stem", "block1.conv1", "fc"])
     message = str(info.value)
-    assert "'stem' cannot carry noise: its output channels are coupled with ['block1.conv2', 'block2.conv2', 'stem']" in message
     assert "'fc' cannot carry noise: its outputs are the model's outputs" in message
-    assert message.endswith("Layers of this model that can carry noise: ['block1.conv1', 'block2.conv1']")
-    assert "sum instead" not in message  # noise points must be Linear/Conv2d: no impossible advice
+    assert message.endswith(
+        "Layers of this model that can carry noise: ['stem', 'block1.conv1', 'block1.conv2', 'block2.conv1', 'block2.conv2']"
+    )
+    with pytest.raises(ValueError, match=r"'stem' is coupled with \['stem', 'block1.conv2', 'block2.conv2'\].*add \['block1.conv2', 'block2.conv2'\]"):
+        found.points_for(["stem", "block1.conv1"])
+    points = found.points_for(["block2.conv2", "stem", "block1.conv2"])
+    assert [(point.source, point.group) for point in points] == [("stem", "stem"), ("block1.conv2", "stem"), ("block2.conv2", "stem")]
 
 
 def test_a_user_model_gets_noise_only_where_it_slices_exactly(tmp_path, monkeypatch):
@@ -71,11 +86,13 @@ def test_a_user_model_gets_noise_only_where_it_slices_exactly(tmp_path, monkeypa
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     model = build_network(ModelConfig("struct_models_xyz:make"), (3, 8, 8), 5, noise=NoiseInit(), seed=0)
-    sources = sorted(noise.source for noise in noise_modules(model).values())
-    assert sources == ["block1.conv1", "block2.conv1"]
-    assert sorted(noise_modules(model)) == ["block1.bn1.noise", "block2.bn1.noise"]
-    with pytest.raises(ValueError, match=r"'block1.conv2' cannot carry noise.*can carry noise: \['block1.conv1', 'block2.conv1'\]"):
+    groups = {path: noise.group for path, noise in noise_modules(model).items()}
+    assert groups == {"bn.noise": "stem", "block1.bn1.noise": None, "block1.bn2.noise": "stem", "block2.bn1.noise": None, "block2.bn2.noise": "stem"}
+    with pytest.raises(ValueError, match=r"'block1.conv2' is coupled with .*add \['stem', 'block2.conv2'\]"):
         build_network(ModelConfig("struct_models_xyz:make", noise_points=("block1.conv2",)), (3, 8, 8), 5, noise=NoiseInit(), seed=0)
+    # Sparing the input layer spares its whole group: the stem's channels are the stream's.
+    spared = build_network(ModelConfig("struct_models_xyz:make", noise_on_first_layer=False), (3, 8, 8), 5, noise=NoiseInit(), seed=0)
+    assert sorted(noise_modules(spared)) == ["block1.bn1.noise", "block2.bn1.noise"]
 
 
 def test_a_model_with_no_layer_that_can_carry_noise_says_why():
