@@ -32,7 +32,7 @@ from benchmarks.ort_runtime import (
     describe_machine,
     open_session,
     require_providers,
-    single_float_input,
+    input_feed,
 )
 
 # Used when neither duration_s nor repeats is given: long enough for
@@ -169,7 +169,7 @@ def measure_energy(
     # Same session settings as the latency benchmark so both describe one deployment.
     session = open_session(path, config.provider, intra_op_threads=config.intra_op_threads)
     x = np.random.default_rng(config.seed).standard_normal((config.batch_size, *shape), dtype=np.float32)
-    feed = {single_float_input(path.name, session, tuple(x.shape)): x}
+    feed = input_feed(path.name, session, x)
     for _ in range(config.warmup):
         session.run(None, feed)
 

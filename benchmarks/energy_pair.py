@@ -20,7 +20,7 @@ import numpy as np
 import onnxruntime as ort
 
 from benchmarks.codecarbon_offline import JOULES_PER_KWH, json_safe, require_known_country
-from benchmarks.ort_runtime import Provider, describe_machine, open_session, require_providers, single_float_input
+from benchmarks.ort_runtime import Provider, describe_machine, open_session, require_providers, input_feed
 from benchmarks.stage_energy import EnergyMeter, Figure
 
 DENSE, PRUNED = "dense", "pruned"
@@ -108,7 +108,7 @@ def measure_paired_energy(
         calls = {}
         for name, path in paths.items():
             session = open_session(path, provider, intra_op_threads=intra_op_threads)
-            feed = {single_float_input(name, session, tuple(x.shape)): x}
+            feed = input_feed(name, session, x)
             calls[name] = lambda session=session, feed=feed: session.run(None, feed)
             for _ in range(WARMUP_CALLS):
                 calls[name]()

@@ -27,7 +27,7 @@ from benchmarks.ort_runtime import (  # noqa: F401  (re-exported: the latency AP
     describe_machine,
     open_session,
     require_providers,
-    single_float_input,
+    input_feed,
 )
 from benchmarks.torch_runtime import (  # noqa: F401  (TorchDevice, available_torch_devices: the API too)
     TorchDevice,
@@ -145,7 +145,7 @@ def measure_latency(
         for name, path in paths.items():
             session = open_session(path, provider, intra_op_threads=config.intra_op_threads,
                                    thread_spinning=config.thread_spinning)
-            feed = {single_float_input(name, session, x.shape): x}
+            feed = input_feed(name, session, x)
             calls.append((name, lambda session=session, feed=feed: session.run(None, feed)))
         return _round_robin(calls, provider, x.shape[0], config, schedule)
 

@@ -3,8 +3,8 @@
     python -m benchmarks.noise_points [--models resnet18 mobilenet_v2 vit_b_16] [--size 224]
 
 Each model is built untrained (no weights are downloaded) with 10 classes, traced once by
-``bmrs.models.structures.analyse_structures`` (which Linear/Conv2d layers can carry noise, and why the
-others cannot), given noise on every layer that can, and checked by
+``bmrs.models.structures.analyse_structures`` (which Linear/Conv2d layers can carry noise, which of
+them form coupled groups decided as one, and why the others cannot), given noise on every layer that can, and checked by
 ``export.slicing.check_sliceable`` (masked == sliced under randomised normalisation statistics), as
 a run does before training. Results go to ``benchmarks/results/noise_points.json``.
 """
@@ -42,6 +42,7 @@ def survey(name: str, size: int) -> dict[str, object]:
     return {
         "layers": len(structures.verdicts),
         "carriers": structures.carriers(),
+        "coupled_groups": {name: list(members) for name, members in structures.groups().items()},
         "refused_by_cause": dict(causes),
         "analyse_seconds": round(analysed, 2),
         "check_seconds": round(checked, 2),

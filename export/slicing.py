@@ -8,6 +8,7 @@ channel-major blocks a ``Flatten`` spreads one conv channel over). torch-pruning
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,8 +31,10 @@ class SliceResult:
     """A sliced plain model and its size before and after.
 
     ``*_flops`` are in torch-pruning's unit, multiply-accumulates (MACs) per example: see
-    ``count_flops``. ``compression`` is ``1 - pruned_params / dense_params``. ``widths`` maps each
-    Linear/Conv2d path to its surviving output count.
+    ``count_flops``. ``compression`` is ``1 - pruned_params / dense_params``, of the model returned
+    (widths rounded up to ``round_to``); ``compression_unrounded`` and ``pruned_params_unrounded``
+    are what slicing every pruned structure would give, so their difference is what rounding costs
+    (equal without rounding). ``widths`` maps each Linear/Conv2d path to its surviving output count.
     """
 
     model: nn.Module
@@ -41,15 +44,45 @@ class SliceResult:
     pruned_flops: int
     compression: float
     widths: dict[str, int]
+    round_to: int | None
+    pruned_params_unrounded: int
+    compression_unrounded: float
 
 
-def slice_model(noisy_model: nn.Module, example_input: Tensor) -> SliceResult:
+def check_round_to(round_to: object) -> None:
+    """``round_to`` is None or an integer >= 1 (None and 1 both mean no rounding)."""
+    if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):
+        raise ValueError(f"round_to must be an integer >= 1 (e.g. 8 or 16), or null for no rounding; got {round_to!r}")
+
+
+def round_up_mask(mask: Tensor, round_to: int | None) -> Tensor:
+    """``mask`` with pruned structures kept until the kept count is a multiple of ``round_to``
+    (rounded up, at most every structure). The lowest pruned indices are kept, so equal masks
+    (coupled layers) stay equal."""
+    if round_to is None or round_to <= 1:
+        return mask
+    kept = int(mask.sum())
+    target = min(math.ceil(kept / round_to) * round_to, int(mask.numel()))
+    if target == kept:
+        return mask
+    rounded = mask.clone()
+    rounded[_drop_indices(mask)[: target - kept]] = True
+    return rounded
+
+
+def slice_model(noisy_model: nn.Module, example_input: Tensor, round_to: int | None = None) -> SliceResult:
     """Fold ``noisy_model``'s noise (``fold_noise``) and slice away its pruned structures.
 
     A layer whose structures were all pruned keeps one: torch-pruning cannot make a zero-width
     layer, and the kept structure's folded row and bias are exactly zero, so the function (a
     constant downstream) is unchanged. A warning names such layers.
+
+    ``round_to`` (None or 1: off): every sliced layer keeps a multiple of ``round_to`` outputs, or
+    all of them, by keeping its lowest-indexed pruned structures; their folded rows are exactly
+    zero too (``E[theta]`` of a pruned structure is 0), so the function is unchanged. Odd widths
+    can be slower on real kernels (vectorised along channels, tensor cores in multiples of 8).
     """
+    check_round_to(round_to)
     dense, keep = fold_noise(noisy_model)
     keep = dict(keep)
     for path, mask in keep.items():
@@ -61,8 +94,12 @@ def slice_model(noisy_model: nn.Module, example_input: Tensor) -> SliceResult:
             )
             keep[path] = mask.clone()
             keep[path][0] = True
-    sliced = slice_(dense, keep, example_input)
+    rounded = {path: round_up_mask(mask, round_to) for path, mask in keep.items()}
+    sliced = slice_(dense, rounded, example_input)
     dense_params, pruned_params = count_params(dense), count_params(sliced)
+    same = all(rounded[path] is mask for path, mask in keep.items())
+    # Only the parameter count of the unrounded slice is needed; it is sliced only when it differs.
+    unrounded_params = pruned_params if same else count_params(slice_(dense, keep, example_input))
     return SliceResult(
         model=sliced,
         dense_params=dense_params,
@@ -71,6 +108,9 @@ def slice_model(noisy_model: nn.Module, example_input: Tensor) -> SliceResult:
         pruned_flops=count_flops(sliced, example_input),
         compression=1.0 - pruned_params / dense_params,
         widths=surviving_widths(sliced),
+        round_to=round_to,
+        pruned_params_unrounded=unrounded_params,
+        compression_unrounded=1.0 - unrounded_params / dense_params,
     )
 
 

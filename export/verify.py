@@ -20,7 +20,8 @@ from torch import Tensor, nn
 
 from bmrs.data import Split
 from bmrs.train.metrics import ClassificationMetrics, classification_metrics
-from export.onnx_export import DIVERGED_OUTPUT, INPUT_NAME, OUTPUT_NAME, OnnxConfig, OnnxParityError
+from export.onnx_export import DIVERGED_OUTPUT, OnnxConfig, OnnxParityError
+from export.onnx_options import session_io
 
 PARITY_BATCH = 256
 
@@ -39,7 +40,8 @@ class EndToEndParityError(OnnxParityError):
 class DataParity:
     """How far the ONNX file's logits are from the reference's on ``examples`` real inputs. The
     examples count as one batch for the bound: ``bound = tolerance + relative_tolerance *
-    largest_output``, ``largest_output`` being the reference's largest absolute logit there."""
+    largest_output`` (``fp16_tolerance`` and ``fp16_relative_tolerance`` for a float16 file),
+    ``largest_output`` being the reference's largest absolute logit there."""
 
     max_abs_diff: float
     bound: float
@@ -55,17 +57,23 @@ class DataParity:
 
 class OnnxModule(nn.Module):
     """An ONNX file behind the ``nn.Module`` call interface, so that the metric code a report uses
-    for PyTorch models measures the file itself. CPU tensors in, CPU tensors out; no gradients."""
+    for PyTorch models measures the file itself. CPU tensors in, float32 CPU tensors out; no
+    gradients. The file's own input name and dtype are used: a float16 file gets its input rounded
+    to float16, as a server would feed it, and its float16 logits widened exactly to float32."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         super().__init__()
         self.path = Path(path)
         self.session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+        self.io = session_io(self.session, self.path.name)
+
+    @property
+    def fp16(self) -> bool:
+        return self.io.input_dtype == np.float16
 
     def forward(self, x: Tensor) -> Tensor:
-        array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-        (logits,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: array})
-        return torch.from_numpy(logits)
+        (logits,) = self.session.run([self.io.output_name], self.io.feed(x.detach().cpu().numpy()))
+        return torch.from_numpy(np.asarray(logits, dtype=np.float32))
 
 
 def onnx_metrics(path: str | os.PathLike, split: Split) -> ClassificationMetrics:
@@ -79,7 +87,7 @@ def check_data_parity(
     """Compare the ONNX file at ``path`` with ``reference`` (run in evaluation mode) on ``images``.
 
     Raises ``EndToEndParityError`` when the max abs difference of the logits exceeds ``config``'s
-    bound (see ``DataParity``) or either side is not finite; ``describe`` names the pair compared
+    bound (see ``DataParity``; its fp16 tolerances when the file is float16) or either side is not finite; ``describe`` names the pair compared
     in that message (e.g. "model.onnx against the masked model"). ``reference``'s train/eval mode
     is restored afterwards.
     """
@@ -104,7 +112,7 @@ def check_data_parity(
                 largest = max(largest, float(expected.abs().max()))
     finally:
         reference.train(was_training)
-    bound = config.tolerance + config.relative_tolerance * largest
+    bound = config.parity_bound(largest, fp16=onnx_model.fp16)
     examples = int(images.shape[0])
     if not (math.isfinite(worst) and math.isfinite(largest)) or worst > bound:
         diverged = not math.isfinite(largest) or largest > DIVERGED_OUTPUT
@@ -115,8 +123,8 @@ def check_data_parity(
         )
         raise EndToEndParityError(
             f"{describe}: the logits differ by {worst:.3g} (max abs over {examples} real test examples, "
-            f"largest logit {largest:.3g}), more than the parity bound {bound:.3g} (tolerance "
-            f"{config.tolerance:.3g} + relative_tolerance {config.relative_tolerance:.3g} x largest logit); {cause}",
+            f"largest logit {largest:.3g}), more than the parity bound {bound:.3g} "
+            f"({config.describe_bound(fp16=onnx_model.fp16)} x largest logit); {cause}",
             diverged=diverged,
         )
     return DataParity(max_abs_diff=worst, bound=bound, largest_output=largest, examples=examples)

@@ -1,4 +1,4 @@
-"""The compression flow: Prefect tasks that call ``pipeline.stages.steps`` and nothing else.
+"""The compression flow: Prefect tasks that call ``pipeline.stages`` and nothing else.
 
     train (method) ─┐
     train (dense) ──┼─> compress (fold, slice, ONNX + parity) ─> latency (ORT) ─> inference energy ─> [post-training] ─┐
@@ -31,7 +31,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from pipeline.artifacts import artifact_key, comparison_rows, file_links, publish, run_metric_rows
-from pipeline.stages import steps
+from pipeline.stages import shipping, steps
 from pipeline.config import FlowConfig
 from pipeline.stages.energy import BENCHMARKING, SLICING_EXPORT, inference_energy_stage, run_energy
 from pipeline.stages.post_training import post_training_stage
@@ -40,8 +40,8 @@ from pipeline.stages.post_training import post_training_stage
 stage = task(cache_policy=NO_CACHE, persist_result=False)
 
 train_task = stage(steps.train_stage, name="train")
-compress_task = stage(steps.compress_stage, name="compress")
-dense_task = stage(steps.dense_stage, name="dense-reference")
+compress_task = stage(shipping.compress_stage, name="compress")
+dense_task = stage(shipping.dense_stage, name="dense-reference")
 latency_task = stage(steps.latency_stage, name="latency")
 energy_task = stage(inference_energy_stage, name="inference-energy")
 post_training_task = stage(post_training_stage, name="post-training")

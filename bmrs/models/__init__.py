@@ -1,13 +1,14 @@
 """Models: a registry of families, the paper's families, user models, and where their noise goes.
 
 Layers: ``registry`` (``register_model``, ``build_model``), ``families`` (the paper's MLP and
-LeNet5), ``cnn_families`` (the CIFAR ResNet, torchvision's ResNets and MobileNetV2), ``user``
-(``package.module:factory`` models), ``structures`` (which layers of any model can carry noise
+LeNet5), ``cnn_families`` (the CIFAR ResNet, torchvision's ResNets and MobileNetV2), ``vit`` (Vision
+Transformers), ``user`` (``package.module:factory`` models), ``structures`` (which layers of any model can carry noise
 exactly), ``config`` (``ModelConfig``), ``network`` (``build_network``: a model with its noise, as
 training builds it, optionally from saved weights).
 """
 from bmrs.models import families  # noqa: F401  (registers the paper's families)
 from bmrs.models import cnn_families  # noqa: F401  (registers resnet20, resnet18/34/50, mobilenet_v2)
+from bmrs.models import vit  # noqa: F401  (registers vit_tiny, vit_b_16)
 from bmrs.models.cnn_families import CifarResNet, resnet_blocks_per_stage
 from bmrs.models.families import LENET5_WIDTHS, MLP_PRESETS, LeNet5, MlpShape, every_hidden_layer, lenet5_points, lenet5_widths, mlp_settings
 from bmrs.models.config import ModelConfig

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from bmrs.nn.noise import LogNormalNoise, noise_modules
@@ -80,3 +81,21 @@ def group_of(model: nn.Module) -> dict[str, NoiseGroup]:
     """Each noise-module path mapped to its group."""
     return {path: group for group in noise_groups(model) for path in group.members}
 
+
+
+def prune_at_random_(model: nn.Module, fraction: float, *, seed: int = 0) -> None:
+    """Remove about ``fraction`` of every group's channels at random, never its last one, with
+    posteriors drawn in a plausible range: a model to check slicing and export on (tests,
+    benchmarks) without training one."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"fraction is the share of each group's channels to remove, in [0, 1); got {fraction!r}")
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for noise in noise_modules(model).values():
+            n = noise.num_structures
+            noise.mu.copy_(torch.empty(n).uniform_(-1.0, 0.0, generator=generator))
+            noise.log_sigma.copy_(torch.empty(n).uniform_(-3.0, -1.0, generator=generator))
+    for group in noise_groups(model):
+        drop = torch.rand(group.num_structures, generator=generator) < fraction
+        drop[int(torch.randint(group.num_structures, (1,), generator=generator))] = False
+        group.prune_(drop)

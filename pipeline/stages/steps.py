@@ -1,4 +1,5 @@
-"""The flow's stages as plain functions over a run directory (no Prefect here, so each is testable).
+"""The flow's stages as plain functions over a run directory (no Prefect here, so each is testable);
+the ones that produce the shipped files are in ``shipping``.
 
 Run directory layout, ``runs/<flow>/<run-id>/``::
 
@@ -7,7 +8,10 @@ Run directory layout, ``runs/<flow>/<run-id>/``::
     train/               checkpoint.pt (every epoch), history.json and curve.png of the pruned model
     baseline/            the same for the dense "None" model
     model.onnx           the sliced model;  dense.onnx: the dense reference; each compared on real
-                         test examples with the PyTorch model whose accuracy is reported
+                         test examples with the PyTorch model whose accuracy is reported, each
+                         with bmrs.* metadata (method, compression, accuracy, version)
+    sliced/              sliced.json + sliced.pt: the sliced PyTorch model (a state dict and the
+                         architecture it slots into; export.saved.load_sliced reloads it)
     bench/latency.json   ONNX Runtime and PyTorch eager latencies and throughputs
     bench/energy.json    with energy.enabled: dense and pruned energy per 1,000 inferences, every window
     bench/energy_stages.json  each stage's energy, every attempt, written as the stage ends
@@ -45,9 +49,7 @@ from bmrs.train.metrics import classification_metrics
 from bmrs.models import build_network
 from bmrs.train import TrainConfig, train_
 from bmrs.train.loop import prune_starts
-from export.onnx_export import OnnxResult, export_onnx
-from export.slicing import check_sliceable, count_flops, count_params, parameter_compression, slice_model
-from export.verify import DataParity, EndToEndParityError, check_data_parity, onnx_metrics
+from export.slicing import check_sliceable, parameter_compression, slice_model
 from pipeline.stages.checks import RunFacts, chance_accuracy, evaluate_checks
 from pipeline.config import FlowConfig
 
@@ -186,74 +188,6 @@ def _test_metrics(model: nn.Module, data: DataBundle) -> dict[str, float]:
     return classification_metrics(model, data.test).as_dict()
 
 
-def compress_stage(config: FlowConfig, data: DataBundle, run_dir: Path, checkpoint: Path) -> dict[str, Any]:
-    """Fold the noise, slice the pruned structures away and export ``model.onnx``; then check the file
-    end to end against the masked model in evaluation mode (the model that was trained and evaluated)
-    on real test examples, and measure the file itself through ONNX Runtime: the reported accuracy,
-    NLL and ECE are those of what ships. ``torch_accuracy`` (also ``masked_accuracy``) is the masked
-    model's, ``sliced_accuracy`` the sliced PyTorch model's."""
-    noisy = config.train.criterion is not None
-    model = restore(config, data, checkpoint, noisy=noisy)
-    sample = example_input(data)
-    masked = _test_metrics(model, data)
-    sliced = slice_model(model, sample)
-    sliced_accuracy = _test_metrics(sliced.model, data)["accuracy"]
-    onnx = export_onnx(sliced.model, sample, run_dir / "model.onnx", config.export)
-    reference = "the masked model" if noisy else "the trained model"
-    parity = verify_onnx(config, data, run_dir, model, onnx, describe=f"model.onnx against {reference} in evaluation mode")
-    return {
-        "params": sliced.pruned_params,
-        "flops": sliced.pruned_flops,
-        **onnx_metrics(onnx.path, data.test).as_dict(),
-        "torch_accuracy": masked["accuracy"],
-        "masked_accuracy": masked["accuracy"],
-        "sliced_accuracy": sliced_accuracy,
-        "compression": sliced.compression,
-        "widths": sliced.widths,
-        "unpruned_params": sliced.dense_params,
-        "onnx": {**onnx.summary(), "parity": parity.summary()},
-    }
-
-
-def verify_onnx(
-    config: FlowConfig, data: DataBundle, run_dir: Path, reference: nn.Module, onnx: OnnxResult, *, describe: str
-) -> DataParity:
-    """``onnx``'s file against ``reference`` on the first ``checks.parity_examples`` test examples.
-    On a mismatch the file is removed (it does not compute what was measured) and the run fails;
-    the trained stages stay, so ``bmrs resume`` redoes only the stages after training."""
-    images = data.test.images[: config.checks.parity_examples]
-    try:
-        return check_data_parity(reference, onnx.path, images, config.export, describe=describe)
-    except EndToEndParityError as error:
-        onnx.path.unlink(missing_ok=True)
-        fix = (
-            "train again with a lower train.lr"
-            if error.diverged
-            else "slicing or export does not reproduce this model exactly: list noise points on other layers "
-            f"(model.noise_points) or report the model; the trained checkpoints are kept in {run_dir}, and "
-            f"`bmrs resume {run_dir}` redoes the stages after training"
-        )
-        raise EndToEndParityError(f"{error}. {onnx.path.name} was removed; {fix}", diverged=error.diverged) from error
-
-
-def dense_stage(config: FlowConfig, data: DataBundle, run_dir: Path, checkpoint: Path | None) -> dict[str, Any]:
-    """The dense reference: the trained baseline (its metrics measured on ``dense.onnx``, checked end
-    to end like ``model.onnx``), or (without one) the untrained architecture's size only."""
-    sample = example_input(data)
-    model = build(config, data, noisy=False).eval() if checkpoint is None else restore(config, data, checkpoint, noisy=False)
-    onnx = export_onnx(model, sample, run_dir / "dense.onnx", config.export)
-    parity = verify_onnx(config, data, run_dir, model, onnx, describe="dense.onnx against the dense model")
-    metrics: dict[str, Any] = {"accuracy": None, "nll": None, "ece": None, "torch_accuracy": None}
-    if checkpoint is not None:
-        metrics = {**onnx_metrics(onnx.path, data.test).as_dict(), "torch_accuracy": _test_metrics(model, data)["accuracy"]}
-    return {
-        "params": count_params(model),
-        "flops": count_flops(model, sample),
-        **metrics,
-        "onnx": {**onnx.summary(), "parity": parity.summary()},
-    }
-
-
 def checks_stage(
     config: FlowConfig, data: DataBundle, run_dir: Path, dense: dict[str, Any], pruned: dict[str, Any]
 ) -> dict[str, Any]:
@@ -319,7 +253,7 @@ def _exported_modules(config: FlowConfig, data: DataBundle, run_dir: Path) -> di
         dense = build(config, data, noisy=False).eval()
     noisy = config.train.criterion is not None
     masked = restore(config, data, run_dir / "train" / "checkpoint.pt", noisy=noisy)
-    return {"dense": dense, "pruned": slice_model(masked, example_input(data)).model.eval()}
+    return {"dense": dense, "pruned": slice_model(masked, example_input(data), round_to=config.export.round_to).model.eval()}
 
 
 def report_stage(
