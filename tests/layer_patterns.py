@@ -112,3 +112,24 @@ def build_pattern(name: str, seed: int) -> tuple[nn.Module, tuple[int, ...]]:
                 module.weight.copy_(1.0 + 0.5 * torch.randn(n, generator=generator))
                 module.bias.copy_(torch.randn(n, generator=generator))
     return model, shape
+
+
+def noisy_pattern(name: str, seed: int):
+    """``(model, x)``: the pattern with noise where ``analyse_structures`` puts it (coupled layers as
+    groups), checked by ``check_sliceable``, with random posteriors and nothing pruned yet."""
+    from bmrs.models.structures import analyse_structures
+    from bmrs.nn.insert import insert_noise
+    from bmrs.nn.noise import noise_modules
+    from export.slicing import check_sliceable
+
+    model, shape = build_pattern(name, seed)
+    x = torch.randn(6, *shape, generator=torch.Generator().manual_seed(seed))
+    insert_noise(model, analyse_structures(model, x).default_points())
+    check_sliceable(model, x)
+    generator = torch.Generator().manual_seed(seed + 100)
+    with torch.no_grad():
+        for noise in noise_modules(model).values():
+            n = noise.num_structures
+            noise.mu.copy_(torch.empty(n).uniform_(-1.5, 0.0, generator=generator))
+            noise.log_sigma.copy_(torch.empty(n).uniform_(-3.0, -0.5, generator=generator))
+    return model, x

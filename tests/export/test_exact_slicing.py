@@ -9,32 +9,19 @@ import pytest
 import torch
 
 from bmrs.models import insert_noise
-from bmrs.nn.groups import noise_groups
+from bmrs.nn.groups import prune_at_random_
 from bmrs.nn.noise import noise_modules
 from bmrs.models.structures import NoisePoint, analyse_structures
 from export.onnx_export import OnnxConfig, export_onnx
 from export.slicing import check_sliceable, slice_model
-from layer_patterns import PATTERNS, build_pattern
+from layer_patterns import PATTERNS, build_pattern, noisy_pattern
 
 EXACT = sorted(name for name in PATTERNS if name != "conv_bn_sigmoid")
 
 
 def masked_model(name: str, seed: int):
-    model, shape = build_pattern(name, seed)
-    x = torch.randn(6, *shape, generator=torch.Generator().manual_seed(seed))
-    insert_noise(model, analyse_structures(model, x).default_points())
-    check_sliceable(model, x)
-    generator = torch.Generator().manual_seed(seed + 100)
-    with torch.no_grad():
-        for noise in noise_modules(model).values():
-            n = noise.num_structures
-            noise.mu.copy_(torch.empty(n).uniform_(-1.5, 0.0, generator=generator))
-            noise.log_sigma.copy_(torch.empty(n).uniform_(-3.0, -0.5, generator=generator))
-        for group in noise_groups(model):  # a coupled group loses the same channels in every member
-            n = group.num_structures
-            drop = torch.rand(n, generator=generator) < 0.5
-            drop[int(torch.randint(n, (1,), generator=generator))] = False
-            group.prune_(drop)
+    model, x = noisy_pattern(name, seed)
+    prune_at_random_(model, 0.5, seed=seed + 100)  # a coupled group loses the same channels in every member
     return model.eval(), x
 
 

@@ -14,18 +14,15 @@ import torch
 from torch import nn
 
 from benchmarks.ort_runtime import input_feed, single_float_input
-from bmrs.models import insert_noise
-from bmrs.models.structures import analyse_structures
 from bmrs.nn.fold import fold_noise
 from bmrs.nn.groups import noise_groups
-from bmrs.nn.noise import noise_modules
 from export import onnx_export
 from export.onnx_export import OnnxConfig, OnnxParityError, OnnxResult, export_onnx, max_opset, write_metadata
 from export.onnx_options import PRODUCER_NAME, project_version, read_metadata, run_metadata
-from export.slicing import check_sliceable, round_up_mask, slice_model, surviving_widths
+from export.slicing import round_up_mask, slice_model, surviving_widths
 from export.verify import OnnxModule, check_data_parity, onnx_metrics
 from export_cases import NoisyCase, make_noisy
-from layer_patterns import build_pattern
+from layer_patterns import noisy_pattern
 
 
 @pytest.fixture(scope="module")
@@ -260,20 +257,12 @@ def test_round_to_keeps_lenet5s_function_and_rounds_its_widths(round_to):
 def masked_resnet(seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
     """TinyResNet with noise on its default points (the stem and both blocks' conv2 form one
     residual group), random posteriors and about half of every group pruned."""
-    model, shape = build_pattern("resnet_blocks", seed)
-    x = torch.randn(6, *shape, generator=torch.Generator().manual_seed(seed))
-    insert_noise(model, analyse_structures(model, x).default_points())
-    check_sliceable(model, x)
+    model, x = noisy_pattern("resnet_blocks", seed)
     generator = torch.Generator().manual_seed(seed + 100)
-    with torch.no_grad():
-        for noise in noise_modules(model).values():
-            n = noise.num_structures
-            noise.mu.copy_(torch.empty(n).uniform_(-1.5, 0.0, generator=generator))
-            noise.log_sigma.copy_(torch.empty(n).uniform_(-3.0, -0.5, generator=generator))
-        for group in noise_groups(model):
-            drop = torch.zeros(group.num_structures, dtype=torch.bool)
-            drop[torch.randperm(group.num_structures, generator=generator)[:3]] = True  # 8 -> 5 kept
-            group.prune_(drop)
+    for group in noise_groups(model):
+        drop = torch.zeros(group.num_structures, dtype=torch.bool)
+        drop[torch.randperm(group.num_structures, generator=generator)[:3]] = True  # 8 -> 5 kept
+        group.prune_(drop)
     return model.eval(), x
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sys
-import uuid
 
 import pytest
 import torch
@@ -152,13 +151,9 @@ def make(input_shape, num_classes):
 
 
 @pytest.fixture
-def user_module(tmp_path, monkeypatch):
-    """A module of factories in tmp_path, importable under a name unique to the test."""
-    name = f"saved_factories_{uuid.uuid4().hex[:8]}"
-    (tmp_path / f"{name}.py").write_text(USER_FACTORIES)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    yield name
-    sys.modules.pop(name, None)
+def user_module(importable_module) -> str:
+    """A module of factories, importable under a name unique to the test."""
+    return importable_module(USER_FACTORIES, "saved_factories")
 
 
 def test_user_model_reloads_by_its_factory_name(user_module, tmp_path):

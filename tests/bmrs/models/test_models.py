@@ -235,16 +235,9 @@ not_callable = 3
 
 
 @pytest.fixture
-def user_module(tmp_path, monkeypatch):
-    """A module of factories in tmp_path, importable under a name unique to the test."""
-    import sys
-    import uuid
-
-    name = f"user_factories_{uuid.uuid4().hex[:8]}"
-    (tmp_path / f"{name}.py").write_text(FACTORIES)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    yield name
-    sys.modules.pop(name, None)
+def user_module(importable_module) -> str:
+    """A module of factories, importable under a name unique to the test."""
+    return importable_module(FACTORIES, "user_factories")
 
 
 @pytest.mark.parametrize("factory, input_shape, classes", [
