@@ -28,10 +28,9 @@ from bmrs.artifacts import write_json
 from bmrs.models.config import ModelConfig
 from bmrs.models.network import state_dict_mismatch
 from bmrs.models.registry import build_model
-from bmrs.nn.fold import fold_noise
 from bmrs.nn.insert import Noised
 from bmrs.nn.noise import LogNormalNoise
-from export.slicing import SLICEABLE_LAYERS, check_round_to, round_up_mask, slice_, surviving_widths
+from export.slicing import SLICEABLE_LAYERS, slice_, surviving_widths
 
 FORMAT = "bmrs-sliced-model"
 FORMAT_VERSION = 1
@@ -46,25 +45,6 @@ RELOAD_TOLERANCE = 1e-6
 class SavedFiles(NamedTuple):
     description: Path  # sliced.json: the architecture
     state_dict: Path  # sliced.pt: the tensors
-
-
-def keep_masks(noisy_model: nn.Module, round_to: int | None = None) -> dict[str, Tensor]:
-    """The masks ``export.slicing.slice_model(noisy_model, x, round_to)`` slices by: per noisy
-    layer's path (in the plain model), a bool tensor over its outputs, True where the output stays.
-
-    As in ``slice_model``, a layer whose every structure was pruned keeps its structure 0 (its folded
-    row is zero, so the function is unchanged): torch-pruning cannot make a zero-width layer; and
-    with ``round_to`` the kept count is rounded up the same way (``round_up_mask``).
-    """
-    check_round_to(round_to)
-    _, keep = fold_noise(noisy_model)
-    masks = {}
-    for path, mask in keep.items():
-        mask = mask.detach().cpu().clone()
-        if not bool(mask.any()):
-            mask[0] = True
-        masks[path] = round_up_mask(mask, round_to)
-    return masks
 
 
 def save_sliced(
@@ -82,7 +62,7 @@ def save_sliced(
     ``directory_or_path`` is a folder (created if needed; the files get their default names) or a
     ``.json``/``.pt`` path naming the pair (``name.json`` + ``name.pt``). ``model_config``,
     ``input_shape`` (one example's) and ``num_classes`` are those the dense model was built with;
-    ``keep`` the masks it was sliced by (``keep_masks(noisy_model)``, or those given to ``slice_``).
+    ``keep`` the masks it was sliced by (``SliceResult.keep``, or those given to ``slice_``).
     ``verify`` rebuilds the model from the description before anything is written and refuses to
     save a pair that would not reload to the same function (it costs one build and one slice).
     """
@@ -220,7 +200,7 @@ def _sliced_layers(sliced_model: nn.Module, keep: Mapping[str, Tensor]) -> dict[
     """``{path: {"dense_width": n, "kept": [indices]}}``, each mask checked against the sliced layer."""
     if not isinstance(keep, Mapping):
         raise TypeError(f"keep must map layer paths to bool masks, got {type(keep).__name__}")
-    hint = "pass the masks the model was sliced by (export.saved.keep_masks(noisy_model))"
+    hint = "pass the masks the model was sliced by (slice_model(...).keep)"
     layers = {}
     for path, mask in keep.items():
         if not isinstance(mask, Tensor) or mask.dtype != torch.bool or mask.dim() != 1:

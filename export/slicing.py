@@ -34,7 +34,8 @@ class SliceResult:
     ``count_flops``. ``compression`` is ``1 - pruned_params / dense_params``, of the model returned
     (widths rounded up to ``round_to``); ``compression_unrounded`` and ``pruned_params_unrounded``
     are what slicing every pruned structure would give, so their difference is what rounding costs
-    (equal without rounding). ``widths`` maps each Linear/Conv2d path to its surviving output count.
+    (equal without rounding). ``widths`` maps each Linear/Conv2d path to its surviving output count;
+    ``keep`` holds the masks the model was sliced by (what ``export.saved.save_sliced`` records).
     """
 
     model: nn.Module
@@ -47,6 +48,7 @@ class SliceResult:
     round_to: int | None
     pruned_params_unrounded: int
     compression_unrounded: float
+    keep: dict[str, Tensor]
 
 
 def check_round_to(round_to: object) -> None:
@@ -111,6 +113,7 @@ def slice_model(noisy_model: nn.Module, example_input: Tensor, round_to: int | N
         round_to=round_to,
         pruned_params_unrounded=unrounded_params,
         compression_unrounded=1.0 - unrounded_params / dense_params,
+        keep=rounded,
     )
 
 

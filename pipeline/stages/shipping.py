@@ -12,7 +12,7 @@ from torch import nn
 from bmrs.data import DataBundle
 from export.onnx_export import OnnxResult, export_onnx, write_metadata
 from export.onnx_options import run_metadata
-from export.saved import keep_masks, save_sliced
+from export.saved import save_sliced
 from export.slicing import count_flops, count_params, slice_model
 from export.verify import DataParity, EndToEndParityError, check_data_parity, onnx_metrics
 from pipeline.config import FlowConfig
@@ -38,7 +38,7 @@ def compress_stage(config: FlowConfig, data: DataBundle, run_dir: Path, checkpoi
     sliced_accuracy = _test_metrics(sliced.model, data)["accuracy"]
     # The sliced PyTorch model too, reloadable without this code path and without unpickling.
     saved = save_sliced(run_dir / SLICED_DIR, sliced.model, model_config=config.model, input_shape=data.input_shape,
-                        num_classes=data.num_classes, keep=keep_masks(model, round_to=config.export.round_to))  # fmt: skip
+                        num_classes=data.num_classes, keep=sliced.keep)  # fmt: skip
     onnx = export_onnx(sliced.model, sample, run_dir / "model.onnx", config.export)
     reference = "the masked model" if noisy else "the trained model"
     parity = verify_onnx(config, data, run_dir, model, onnx, describe=f"model.onnx against {reference} in evaluation mode")

@@ -13,7 +13,7 @@ from torch import nn
 from bmrs.models import MODELS, ModelConfig, NoiseInit, Noised, build_network
 from bmrs.nn.groups import noise_groups, prune_at_random_
 from bmrs.nn.noise import LogNormalNoise
-from export.saved import DESCRIPTION_FILE, FORMAT_VERSION, STATE_DICT_FILE, keep_masks, load_sliced, save_sliced
+from export.saved import DESCRIPTION_FILE, FORMAT_VERSION, STATE_DICT_FILE, load_sliced, save_sliced
 from export.slicing import slice_model, surviving_widths
 
 # As in test_family_slicing: small inputs keep the suite fast; LeNet5 takes 28 or 32 pixels only.
@@ -43,7 +43,7 @@ def masked_family(config: ModelConfig, shape: tuple[int, ...], seed: int = 0, dr
 def sliced_and_saved(config: ModelConfig, shape: tuple[int, ...], directory, round_to=None, **mask_options):
     model, x = masked_family(config, shape, **mask_options)
     result = slice_model(model, x, round_to=round_to)
-    keep = keep_masks(model, round_to=round_to)
+    keep = result.keep
     save_sliced(directory, result.model, model_config=config, input_shape=shape, num_classes=CLASSES, keep=keep)
     return result
 
@@ -108,8 +108,6 @@ def test_widths_rounded_by_slice_model_reload(tmp_path):
     kept = json.loads((tmp_path / DESCRIPTION_FILE).read_text())["sliced_layers"]
     assert all(len(entry["kept"]) % 4 == 0 or len(entry["kept"]) == entry["dense_width"] for entry in kept.values())
     assert_same_function(load_sliced(tmp_path), result.model, shape)
-    with pytest.raises(ValueError, match="round_to must be an integer >= 1"):
-        keep_masks(masked_family(config, shape)[0], round_to=0)
 
 
 def test_config_weights_are_recorded_but_never_loaded(tmp_path):
@@ -129,9 +127,9 @@ def test_a_fully_pruned_layer_keeps_structure_zero_as_slice_model_does(tmp_path)
     model, x = masked_family(config, shape)
     first = noise_groups(model)[0]
     first.prune_(torch.ones(first.num_structures, dtype=torch.bool))
-    keep = keep_masks(model)
     with pytest.warns(UserWarning, match="every structure of"):
         result = slice_model(model, x)
+    keep = result.keep
     assert {path: int(mask.sum()) for path, mask in keep.items()} == {path: result.widths[path] for path in keep}
     assert 1 in result.widths.values()
     save_sliced(tmp_path, result.model, model_config=config, input_shape=shape, num_classes=CLASSES, keep=keep)
@@ -247,7 +245,8 @@ def test_a_description_that_no_longer_rebuilds_is_refused(saved_mlp):
 def test_save_refuses_what_would_not_reload(tmp_path):
     config, shape = ModelConfig("mlp", hidden_width=10, hidden_layers=2), (1, 4, 4)
     model, x = masked_family(config, shape)
-    sliced, keep = slice_model(model, x).model, keep_masks(model)
+    result = slice_model(model, x)
+    sliced, keep = result.model, result.keep
     common = {"input_shape": shape, "num_classes": CLASSES}
     with pytest.raises(ValueError, match="still has noise modules"):
         save_sliced(tmp_path, model, model_config=config, keep=keep, **common)
