@@ -30,7 +30,7 @@ from bmrs.models.network import state_dict_mismatch
 from bmrs.models.registry import build_model
 from bmrs.nn.insert import Noised
 from bmrs.nn.noise import LogNormalNoise
-from export.slicing import SLICEABLE_LAYERS, slice_, surviving_widths
+from export.slicing import SLICEABLE_MODULES, slice_, structure_count, surviving_widths
 
 FORMAT = "bmrs-sliced-model"
 FORMAT_VERSION = 1
@@ -209,10 +209,10 @@ def _sliced_layers(sliced_model: nn.Module, keep: Mapping[str, Tensor]) -> dict[
             layer = sliced_model.get_submodule(path)
         except AttributeError as error:
             raise ValueError(f"keep names {path!r}, which is not a module of the sliced model; {hint}") from error
-        if not isinstance(layer, SLICEABLE_LAYERS):
-            raise ValueError(f"keep names {path!r}, a {type(layer).__name__}; only Linear and Conv2d are sliced; {hint}")
+        if not isinstance(layer, SLICEABLE_MODULES):
+            raise ValueError(f"keep names {path!r}, a {type(layer).__name__}; only Linear and Conv2d outputs and attention heads are sliced; {hint}")
         kept = torch.nonzero(mask.cpu()).flatten().tolist()
-        width = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+        width = structure_count(layer)
         if len(kept) != width:
             raise ValueError(f"keep[{path!r}] keeps {len(kept)} outputs but the sliced layer has {width}; {hint}")
         layers[path] = {"dense_width": int(mask.numel()), "kept": kept}
@@ -297,12 +297,12 @@ def _rebuild(description: Mapping[str, Any], where: str) -> nn.Module:
             layer = dense.get_submodule(path)
         except AttributeError:
             layer = None
-        if not isinstance(layer, SLICEABLE_LAYERS):
+        if not isinstance(layer, SLICEABLE_MODULES):
             raise ValueError(
                 f"{where}: layer {path!r} is no Linear/Conv2d of the rebuilt {config.name!r}; the model's code "
                 f"changed since it was saved: load it with that code, or {SAVE_HINT}"
             )
-        width = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+        width = structure_count(layer)
         kept = entry["kept"]
         if width != entry["dense_width"] or not kept or any(not 0 <= index < width for index in kept):
             raise ValueError(

@@ -19,11 +19,14 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _NormBase
 
 from bmrs.models.structures import coupled_layers, dependency_graph
+from bmrs.nn.attention import HeadAttention, remove_heads_
 from bmrs.nn.groups import noise_groups
 from bmrs.nn.noise import LogNormalNoise, noise_modules
 from bmrs.nn.fold import fold_noise
 
 SLICEABLE_LAYERS = (nn.Linear, nn.Conv2d)
+# What a keep mask may name: a layer's output structures, or an attention's heads.
+SLICEABLE_MODULES = (*SLICEABLE_LAYERS, HeadAttention)
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,9 @@ def slice_model(noisy_model: nn.Module, example_input: Tensor, round_to: int | N
             )
             keep[path] = mask.clone()
             keep[path][0] = True
-    rounded = {path: round_up_mask(mask, round_to) for path, mask in keep.items()}
+    # Heads are not rounded: a head is head_dim rows already, and kernels see those, not the count.
+    attention = {path for path in keep if isinstance(dense.get_submodule(path), HeadAttention)}
+    rounded = {path: mask if path in attention else round_up_mask(mask, round_to) for path, mask in keep.items()}
     sliced = slice_(dense, rounded, example_input)
     dense_params, pruned_params = count_params(dense), count_params(sliced)
     same = all(rounded[path] is mask for path, mask in keep.items())
@@ -136,8 +141,10 @@ def slice_(model: nn.Module, keep: Mapping[str, Tensor], example_input: Tensor) 
     # Layers whose every output survives need no group; masks are in the layer's original indexing,
     # which stays valid because each layer's outputs are removed exactly once.
     plan = {path: (layers[path], _drop_indices(mask)) for path, mask in keep.items() if not bool(mask.all())}
-    if not plan:
-        return sliced
+    for path in [path for path, (layer, _) in plan.items() if isinstance(layer, HeadAttention)]:
+        remove_heads_(layers[path], keep[path].cpu())  # heads touch no other layer: no dependency graph needed
+    if all(isinstance(layer, HeadAttention) for layer, _ in plan.values()):
+        return _checked_widths(sliced, keep, plan)
 
     was_training = sliced.training
     frozen = {name for name, parameter in sliced.named_parameters() if not parameter.requires_grad}
@@ -146,7 +153,7 @@ def slice_(model: nn.Module, keep: Mapping[str, Tensor], example_input: Tensor) 
     paths = {id(module): name for name, module in sliced.named_modules()}
     removed_with: set[str] = set()  # coupled layers whose outputs went with an earlier layer's group
     for path, (layer, drop) in plan.items():
-        if path in removed_with:
+        if path in removed_with or isinstance(layer, HeadAttention):
             continue
         prune_fn = tp.prune_linear_out_channels if isinstance(layer, nn.Linear) else tp.prune_conv_out_channels
         group = graph.get_pruning_group(layer, prune_fn, drop)
@@ -172,10 +179,14 @@ def slice_(model: nn.Module, keep: Mapping[str, Tensor], example_input: Tensor) 
     for name, parameter in sliced.named_parameters():
         parameter.requires_grad_(name not in frozen)
 
+    return _checked_widths(sliced, keep, plan)
+
+
+def _checked_widths(sliced: nn.Module, keep: Mapping[str, Tensor], plan: dict) -> nn.Module:
     for path, (layer, drop) in plan.items():
         expected = int(keep[path].numel()) - len(drop)
-        if _width(layer) != expected:
-            raise RuntimeError(f"slicing left {path!r} with {_width(layer)} outputs instead of {expected}")
+        if structure_count(layer) != expected:
+            raise RuntimeError(f"slicing left {path!r} with {structure_count(layer)} outputs instead of {expected}")
     return sliced
 
 
@@ -221,6 +232,8 @@ def _check_groups(noisy_model: nn.Module, example_input: Tensor) -> None:
     graph = dependency_graph(plain, example_input)
     paths = {id(module): path for path, module in plain.named_modules()}
     for source, group in group_of_source.items():
+        if isinstance(plain.get_submodule(source), HeadAttention):
+            continue  # a head is no other layer's channel
         partners, problem = coupled_layers(graph, plain.get_submodule(source), lambda m: paths.get(id(m), type(m).__name__))
         if problem is not None:
             raise ValueError(f"the noise of {source!r} cannot be sliced: {problem}; list noise points without it")
@@ -241,6 +254,10 @@ def _trial_copy(noisy_model: nn.Module) -> nn.Module:
         for module in trial.modules():
             if isinstance(module, (_NormBase, nn.LayerNorm, nn.GroupNorm)):
                 _randomise_norm_(module, generator)
+            elif isinstance(module, SLICEABLE_LAYERS) and not bool(module.weight.any()):
+                # A zero-initialised layer (torchvision's ViT head) would make every output zero and
+                # hide any misplaced noise upstream.
+                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) / math.sqrt(module.weight[0].numel()))
         for noise in noise_modules(trial).values():
             noise.make_identity_()
     return trial
@@ -307,11 +324,15 @@ def parameter_compression(noisy_model: nn.Module, example_input: Tensor) -> floa
 
 
 def surviving_widths(model: nn.Module) -> dict[str, int]:
-    """Output features of every Linear and output channels of every Conv2d, by module path."""
-    return {path: _width(module) for path, module in model.named_modules() if isinstance(module, SLICEABLE_LAYERS)}
+    """Output features of every Linear, output channels of every Conv2d and heads of every
+    ``HeadAttention``, by module path."""
+    return {path: structure_count(module) for path, module in model.named_modules() if isinstance(module, SLICEABLE_MODULES)}
 
 
-def _width(layer: nn.Module) -> int:
+def structure_count(layer: nn.Module) -> int:
+    """How many output structures ``layer`` has now: features, channels or heads."""
+    if isinstance(layer, HeadAttention):
+        return layer.num_heads
     return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
 
 
@@ -321,13 +342,13 @@ def _check_mask(model: nn.Module, path: str, mask: Tensor) -> nn.Module:
     except AttributeError as error:
         known = sorted(surviving_widths(model))
         raise ValueError(f"keep names {path!r}, which is not a module of the model; layers are {known}") from error
-    if not isinstance(layer, SLICEABLE_LAYERS):
-        raise TypeError(f"keep names {path!r}, a {type(layer).__name__}; only Linear and Conv2d outputs can be sliced")
+    if not isinstance(layer, SLICEABLE_MODULES):
+        raise TypeError(f"keep names {path!r}, a {type(layer).__name__}; only Linear and Conv2d outputs and attention heads can be sliced")
     if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
         raise TypeError(f"keep[{path!r}] must be a bool tensor (True = keep), got {getattr(mask, 'dtype', type(mask))}")
-    if tuple(mask.shape) != (_width(layer),):
+    if tuple(mask.shape) != (structure_count(layer),):
         raise ValueError(
-            f"keep[{path!r}] has shape {tuple(mask.shape)} but the layer has {_width(layer)} outputs; "
+            f"keep[{path!r}] has shape {tuple(mask.shape)} but the layer has {structure_count(layer)} outputs; "
             "pass one bool per output structure"
         )
     if not bool(mask.any()):

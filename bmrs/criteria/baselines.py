@@ -15,6 +15,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from bmrs.nn.attention import structure_weights
+
 from bmrs.criteria.base import (
     Decision, GroupView, LayerView, as_group, check_number, check_ratio, lowest_fraction, register_criterion, with_history,
 )  # fmt: skip
@@ -65,9 +67,9 @@ def _root_sum_of_squares(per_member: list[Tensor]) -> Tensor:
 
 
 def incoming_weight_norm(source: nn.Module) -> Tensor:
-    """L2 norm of each output structure's incoming weights (a row of a Linear, a filter of a Conv2d)."""
-    weight = source.weight.detach().double()
-    return weight.flatten(1).norm(dim=1)
+    """L2 norm of each output structure's incoming weights (a row of a Linear, a filter of a Conv2d,
+    an attention head's rows of its query, key and value projections)."""
+    return structure_weights(source).double().norm(dim=1)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from bmrs.models.config import ModelConfig
 from bmrs.models.registry import NOISE_RULES, build_model
 from bmrs.models.structures import analyse_structures
 from bmrs.nn.bank import attach_noise_bank
+from bmrs.nn.attention import with_head_attention_keys
 from bmrs.nn.insert import NoiseInit, NoisePoint, insert_noise, start_noise_on_
 
 
@@ -64,6 +65,8 @@ def load_weights(model: nn.Module, path: str, model_name: str = "the model") -> 
             f"model weights {path!r} holds {found}, not a state dict of tensors; if it is a training checkpoint, "
             f"save the model's entry alone ({SAVE_HINT})"
         )
+    # torchvision's ViT weights pack each attention's projections; the ViT families hold them apart.
+    state = with_head_attention_keys(model, dict(state))
     problems = state_dict_mismatch(model, state)
     if problems:
         raise ValueError(

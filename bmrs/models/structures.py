@@ -14,7 +14,9 @@ structure computes exactly what *masking* it (multiplying it by zero) computed. 
   so removing one changes the others;
 - the layer is called twice: its outputs at every call would go together;
 - the layer is never called as a module (``nn.MultiheadAttention`` uses its ``out_proj`` weights
-  directly), so noise wrapped around it would never run.
+  directly), so noise wrapped around it would never run. ``bmrs.nn.attention.HeadAttention`` (the
+  ViT families use it) computes the same attention with its heads as structures: each head carries
+  one noise variable, on the per-head outputs, and its projections carry none of their own.
 
 Layers whose outputs are coupled (summed by a residual connection, tied one to one by a depthwise
 convolution) form a group: removing channel ``i`` of one removes it from all, so each member carries
@@ -38,6 +40,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from bmrs.nn.attention import HeadAttention
 from bmrs.nn.insert import SLICEABLE_LAYERS, NoisePoint, out_width, sliceable_layers, structure_dim
 
 FEATURE_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.LocalResponseNorm)
@@ -58,7 +61,8 @@ class LayerVerdict:
 
 @dataclass(frozen=True)
 class StructureMap:
-    """A verdict for every Linear/Conv2d layer of a model, in the model's module order."""
+    """A verdict for every Linear/Conv2d layer and every ``HeadAttention`` (its heads) of a model,
+    in the model's module order."""
 
     verdicts: dict[str, LayerVerdict]
 
@@ -131,11 +135,27 @@ def analyse_structures(model: nn.Module, example_input: Tensor) -> StructureMap:
     graph = dependency_graph(probe, example_input)
     layers = sliceable_layers(probe)
     order = {path: index for index, (path, _) in enumerate(layers)}
+    attentions = [path for path, module in probe.named_modules() if isinstance(module, HeadAttention)]
     verdicts = {}
-    for path, layer in layers:
-        point, reason, coupled = _judge(graph, paths, calls, path, layer, order)
-        verdicts[path] = LayerVerdict(path, point, reason, coupled)
+    for path, module in probe.named_modules():
+        owner = next((a for a in attentions if path.startswith(a + ".")), None)
+        if isinstance(module, HeadAttention):
+            verdicts[path] = _judge_heads(calls, path, module)
+        elif not isinstance(module, SLICEABLE_LAYERS):
+            continue
+        elif owner is not None:
+            verdicts[path] = LayerVerdict(path, None, f"it is a projection of the attention {owner!r}, whose heads carry the noise (one structure per head)")
+        else:
+            verdicts[path] = LayerVerdict(path, *_judge(graph, paths, calls, path, module, order))
     return StructureMap(_resolve_groups(verdicts))
+
+
+def _judge_heads(calls: Counter, path: str, attention: HeadAttention) -> LayerVerdict:
+    """Noise on the heads of a ``HeadAttention`` (exact: a removed head is its rows of q, k, v and its
+    columns of the output projection, which nothing else shares)."""
+    if calls[id(attention.v)] != 1:
+        return LayerVerdict(path, None, f"it is called {calls[id(attention.v)]} times in forward, so its heads at every call would go together")
+    return LayerVerdict(path, NoisePoint(f"{path}.heads", path, attention.num_heads, dim=1))
 
 
 def _resolve_groups(verdicts: dict[str, LayerVerdict]) -> dict[str, LayerVerdict]:

@@ -2,12 +2,12 @@
 ``vit_tiny`` (a configuration that trains on a CPU), fitted to the data's shape.
 
 Where noise goes (found by ``bmrs.models.structures`` from the traced model, no rule registered):
-each block's MLP hidden units (the first Linear of ``mlp``: GELU(0) = 0, so a removed unit is
-exactly a masked one). The residual stream (the patch embedding and every block's MLP output and
-attention projection) is one coupled group, but the LayerNorm before every block mixes all of its
-features, so removing a stream feature is not the same function as masking it: the stream carries
-no noise. Attention heads need noise on a head's slice of the attention's packed projection, which
-``nn.MultiheadAttention`` never calls as a module; they carry none yet.
+each block's attention heads (``bmrs.nn.attention.HeadAttention``: a removed head is its rows of
+the query, key and value projections and its columns of the output projection) and MLP hidden units
+(the first Linear of ``mlp``: GELU(0) = 0, so a removed unit is exactly a masked one). The residual
+stream (the patch embedding and every block's MLP output and attention projection) is one coupled
+group, but the LayerNorm before every block mixes all of its features, so removing a stream
+feature is not the same function as masking it: the stream carries no noise.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from torchvision.models.vision_transformer import VisionTransformer
 
 from bmrs.models.cnn_families import image_shape
 from bmrs.models.registry import register_model
+from bmrs.nn.attention import use_head_attention_
 
 # Patch sizes tried, largest first, for images whose side the preferred patch does not divide.
 SMALL_PATCHES = (8, 7, 4, 2)
@@ -37,8 +38,10 @@ def vision_transformer(
     family: str, input_shape: tuple[int, ...], num_classes: int, *, patch: int, layers: int, heads: int, hidden: int, mlp: int
 ) -> VisionTransformer:
     """torchvision's ``VisionTransformer`` for ``input_shape``, untrained, its patch embedding taking
-    the data's channel count. Module paths stay torchvision's (``conv_proj``,
-    ``encoder.layers.encoder_layer_0.mlp.0``, ``heads.head``), so state dicts of the same layout load."""
+    the data's channel count, each ``nn.MultiheadAttention`` replaced by the same function as a
+    ``HeadAttention`` (whose heads can carry noise and be removed). Module paths stay torchvision's
+    (``conv_proj``, ``encoder.layers.encoder_layer_0.mlp.0``, ``heads.head``) and the attentions
+    read torchvision's packed keys, so torchvision state dicts of the same layout load."""
     channels, height, width = image_shape(family, input_shape, min_size=8)
     if height != width:
         raise ValueError(f"{family} takes square images, got {height}x{width}; resize them to a square")
@@ -49,7 +52,7 @@ def vision_transformer(
     )  # fmt: skip
     if channels != model.conv_proj.in_channels:
         model.conv_proj = nn.Conv2d(channels, hidden, kernel_size=patch_size, stride=patch_size)
-    return model
+    return use_head_attention_(model)
 
 
 @register_model("vit_b_16")

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from bmrs.nn.attention import HeadAttention, HeadGate
 from bmrs.nn.insert import Noised, set_submodule
 from bmrs.nn.noise import LogNormalNoise
 
@@ -49,19 +50,26 @@ def absorb_expected_noise_(model: nn.Module) -> None:
             noise.make_identity_()
             # With log b != 0 the narrowest posterior still multiplies by ~b; divide it back out.
             after = noise.mean().detach()
-            scale_output_rows(plan.target, torch.where(noise.mask, before / after.where(noise.mask, 1.0), 0.0))
+            plan.scale_(torch.where(noise.mask, before / after.where(noise.mask, 1.0), 0.0))
 
 
 @dataclass(frozen=True)
 class FoldPlan:
-    """Where one noise folds: ``target`` (the source layer, or the BatchNorm the noise sits on)
-    absorbs ``E[theta]``; ``source`` is the layer whose output structures are sliced."""
+    """Where one noise folds: ``target`` (the source layer, the BatchNorm the noise sits on, or an
+    attention's value projection) absorbs ``E[theta]``, each structure's factor on ``rows_per_structure``
+    consecutive output rows (an attention head owns ``head_dim`` rows of ``v``); ``source`` is the
+    module whose output structures are sliced."""
 
     wrapper_path: str
     wrapper: Noised
     source: nn.Module
     source_path: str
     target: nn.Module
+    rows_per_structure: int = 1
+
+    def scale_(self, factor: Tensor) -> None:
+        """Multiply structure ``i``'s rows of ``target`` by ``factor[i]``."""
+        scale_output_rows(self.target, factor.repeat_interleave(self.rows_per_structure))
 
 
 def plan_folds(model: nn.Module) -> list[FoldPlan]:
@@ -89,6 +97,15 @@ def plan_fold(model: nn.Module, path: str, wrapper: Noised) -> FoldPlan:
         raise ValueError(
             f"noise at {path!r} names source {source_path!r}, which is not a module of the model"
         ) from error
+    if isinstance(source, HeadAttention):
+        if not isinstance(wrapper.inner, HeadGate) or source.heads is not wrapper or noise.dim != 1:
+            raise ValueError(
+                f"noise at {path!r} scales the attention {source_path!r}, but only noise on its heads "
+                f"({source_path}.heads, along dim 1) folds into it"
+            )
+        if noise.num_structures != source.num_heads:
+            raise ValueError(f"noise at {path!r} has {noise.num_structures} structures but {source_path!r} has {source.num_heads} heads")
+        return FoldPlan(path, wrapper, source, source_path, source.v, rows_per_structure=source.head_dim)
     if not isinstance(source, FOLDABLE_LAYERS):
         raise TypeError(
             f"noise at {path!r} scales {source_path!r}, a {type(source).__name__}; only Linear and "
@@ -177,8 +194,7 @@ def fold_noise(model: nn.Module) -> tuple[nn.Module, dict[str, Tensor]]:
     folded: list[tuple[nn.Module, Tensor]] = []
     with torch.no_grad():
         for plan in plans:
-            factor = plan.wrapper.noise.mean().detach()
-            scale_output_rows(plan.target, factor)
+            plan.scale_(plan.wrapper.noise.mean().detach())
             folded.append((plan.source, plan.wrapper.noise.mask.detach().clone()))
             set_submodule(plain, plan.wrapper_path, plan.wrapper.inner)
 

@@ -85,12 +85,16 @@ def group_of(model: nn.Module) -> dict[str, NoiseGroup]:
 
 def prune_at_random_(model: nn.Module, fraction: float, *, seed: int = 0) -> None:
     """Remove about ``fraction`` of every group's channels at random, never its last one, with
-    posteriors drawn in a plausible range: a model to check slicing and export on (tests,
-    benchmarks) without training one."""
+    posteriors drawn in a plausible range, and give any all-zero Linear/Conv2d weight (torchvision's
+    ViT head starts at zero) random values, so that outputs depend on every layer: a model to check
+    slicing and export on (tests, benchmarks) without training one."""
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"fraction is the share of each group's channels to remove, in [0, 1); got {fraction!r}")
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d)) and not bool(module.weight.any()):
+                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) / module.weight[0].numel() ** 0.5)
         for noise in noise_modules(model).values():
             n = noise.num_structures
             noise.mu.copy_(torch.empty(n).uniform_(-1.0, 0.0, generator=generator))

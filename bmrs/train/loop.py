@@ -33,6 +33,7 @@ from bmrs.data import DataBundle, Split
 from bmrs.nn.fold import absorb_expected_noise_
 from bmrs.train.metrics import classification_metrics
 from bmrs.math.fused import compile_enabled
+from bmrs.nn.attention import structure_weights
 from bmrs.nn.groups import noise_groups
 from bmrs.nn.noise import LogNormalNoise, noise_modules, noise_modules_under, project_log_sigma_
 from bmrs.train.config import FinetuneNoise, KLWeighting, Schedule, ScheduleUnit, TrainConfig
@@ -341,8 +342,7 @@ def train_(
                     project_log_sigma_(noises)
                 if collect_grads:
                     for name, noise in noises_by_name.items():
-                        weight_grad = model.get_submodule(noise.source).weight.grad
-                        squared = weight_grad.detach().flatten(1).pow(2).sum(1)
+                        squared = structure_weights(model.get_submodule(noise.source), grad=True).pow(2).sum(1)
                         grad_sq[name] = grad_sq[name] + squared if name in grad_sq else squared
                 batch = labels.numel()
                 sums["loss"] += float(loss.detach()) * batch

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from bmrs.criteria import Criterion, criterion_from, criterion_name, group_views
 from bmrs.data import DataBundle
 from bmrs.train.metrics import classification_metrics
+from bmrs.nn.attention import structure_weights
 from bmrs.nn.groups import noise_groups
 from bmrs.nn.noise import noise_modules
 from bmrs.train.config import TrainConfig
@@ -215,7 +216,7 @@ def gradient_statistics(model: nn.Module, data: DataBundle, *, batch_size: int, 
         model.zero_grad(set_to_none=True)
         F.cross_entropy(model(images), labels).backward()
         for name, noise in noises.items():
-            squared = model.get_submodule(noise.source).weight.grad.detach().flatten(1).pow(2).sum(1)
+            squared = structure_weights(model.get_submodule(noise.source), grad=True).pow(2).sum(1)
             sums[name] = sums[name] + squared if name in sums else squared
     model.zero_grad(set_to_none=True)
     model.train(was_training)

@@ -54,3 +54,4 @@ def test_a_family_flow_compresses_and_ships_what_it_measured(tmp_path, flow):
         assert widths["layer1.0.conv1"] == 8
     else:
         assert {widths[f"encoder.layers.encoder_layer_{i}.mlp.0"] for i in range(4)} == {64}
+        assert {widths[f"encoder.layers.encoder_layer_{i}.self_attention"] for i in range(4)} == {2}  # heads

@@ -26,13 +26,28 @@ def test_patch_sizes_follow_the_image():
         patch_size_for("vit", 9, 9, 16)
 
 
-def test_noise_goes_on_every_mlp_hidden_layer_and_the_layernormed_stream_is_left_alone():
+def test_noise_goes_on_every_blocks_heads_and_mlp_hidden_layer_and_the_layernormed_stream_is_left_alone():
     model = build_network(ModelConfig("vit_tiny"), (1, 28, 28), 10, noise=NoiseInit())
-    sources = sorted(noise.source for noise in noise_modules(model).values())
-    assert sources == [f"encoder.layers.encoder_layer_{i}.mlp.0.inner" for i in range(4)]
+    sources = {noise.source: noise.num_structures for noise in noise_modules(model).values()}
+    blocks = [f"encoder.layers.encoder_layer_{i}" for i in range(4)]
+    assert sources == {**{f"{b}.mlp.0.inner": 128 for b in blocks}, **{f"{b}.self_attention": 4 for b in blocks}}
     plain = build_network(ModelConfig("vit_tiny"), (1, 28, 28), 10)
     verdicts = analyse_structures(plain, torch.randn(2, 1, 28, 28)).verdicts
     assert "LayerNorm" in verdicts["conv_proj"].reason and "coupled with" in verdicts["conv_proj"].reason
+    assert "whose heads carry the noise" in verdicts[f"{blocks[0]}.self_attention.q"].reason
+
+
+def test_torchvision_vit_weights_load_and_compute_the_same_function(tmp_path):
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    reference = VisionTransformer(image_size=28, patch_size=7, num_layers=4, num_heads=4, hidden_dim=64, mlp_dim=128, num_classes=10)
+    reference.conv_proj = torch.nn.Conv2d(1, 64, 7, 7)
+    torch.nn.init.normal_(reference.heads.head.weight)  # torchvision starts it at zero
+    torch.save(reference.state_dict(), tmp_path / "vit.pt")
+    ours = build_network(ModelConfig("vit_tiny", weights=str(tmp_path / "vit.pt")), (1, 28, 28), 10).eval()
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(ours(x), reference.eval()(x), atol=1e-5)
 
 
 def test_non_square_images_are_refused_with_the_fix():
