@@ -5,12 +5,15 @@ One verb per stage, each taking a frozen config; the CLI (``bmrs run``) composes
 1. Data      ``DataConfig`` -> ``load_data(config)`` -> ``DataBundle`` (train/val/test ``Split``\\s,
              ``input_shape``, ``num_classes``); nothing is downloaded.
 2. Model     ``ModelConfig`` + ``NoiseInit`` -> ``build_network(config, input_shape, num_classes,
-             noise=NoiseInit(), seed=0)``: a registered family (``lenet5``, ``mlp``) or your own
-             ``package.module:factory``, with noise layers where structures can be removed.
+             noise=NoiseInit(), seed=0)``: a registered family (``lenet5``, ``mlp``, ``resnet20``,
+             ``resnet18/34/50``, ``mobilenet_v2``, ``vit_tiny``, ``vit_b_16``) or your own
+             ``package.module:factory``, with noise layers where structures can be removed (coupled
+             layers, e.g. a residual stream's, as one group).
 3. Train     ``TrainConfig`` (``criterion``: a criterion of ``bmrs.criteria``) ->
              ``train_(model, data, config)`` -> ``TrainResult`` (the pruned model, per-epoch history).
-4. Slice     ``slice_model(model, example_input)`` -> ``SliceResult`` (the folded, sliced plain
-             model, its widths, parameter and MAC counts, ``compression``).
+4. Slice     ``slice_model(model, example_input, round_to=None)`` -> ``SliceResult`` (the folded,
+             sliced plain model, its widths, parameter and MAC counts, ``compression``, the masks);
+             ``save_sliced(dir, model, ...)`` / ``load_sliced(dir)``: the sliced model on disk, no pickle.
 5. Export    ``OnnxConfig`` -> ``export_onnx(model, example_input, path, config)`` -> ``OnnxResult``:
              the file is written only once ``onnx.checker`` and ONNX Runtime parity passed.
 6. Measure   ``classification_metrics(model, split)`` (accuracy, NLL, ECE of a PyTorch model),
@@ -43,6 +46,7 @@ _NAMES = {
     "TrainConfig": "bmrs.train", "TrainResult": "bmrs.train", "KLWeighting": "bmrs.train",
     "FinetuneNoise": "bmrs.train", "ScheduleUnit": "bmrs.train", "train_": "bmrs.train",
     "SliceResult": "export.slicing", "slice_model": "export.slicing",
+    "save_sliced": "export.saved", "load_sliced": "export.saved",
     "OnnxConfig": "export.onnx_export", "OnnxResult": "export.onnx_export", "OnnxParityError": "export.onnx_export",
     "export_onnx": "export.onnx_export",
     "ClassificationMetrics": "bmrs.train.metrics", "classification_metrics": "bmrs.train.metrics",

@@ -125,6 +125,23 @@ def _settings_line(run: Run) -> str:
     return "; ".join(words) + "."
 
 
+def _export_notes(report: Mapping[str, Any]) -> list[str]:
+    """What the shipped files are beyond the table: widths rounded up (and what that cost), the
+    ONNX number type, and where the sliced PyTorch model is."""
+    pruned = report.get("pruned") or {}
+    notes = []
+    round_to, unrounded = pruned.get("round_to"), number(pruned.get("compression_unrounded"))
+    if round_to and round_to > 1 and unrounded is not None:
+        notes.append(f"Widths rounded up to multiples of {round_to} (export.round_to): {percent(pruned.get('compression'))} "
+                     f"removed, against {percent(unrounded)} without rounding.")
+    dtype = fig.section(report, "pruned", "onnx", "dtype")
+    if dtype and dtype != "float32":
+        notes.append(f"model.onnx computes in {dtype}; its parity with the evaluated model is judged by the fp16 bound.")
+    if pruned.get("sliced_model"):
+        notes.append(f"The sliced PyTorch model: `{pruned['sliced_model']}` (`export.saved.load_sliced`).")
+    return [" ".join(notes), ""] if notes else []
+
+
 def _results(report: Mapping[str, Any], runtime: str | None, batches: list[int]) -> list[str]:
     energy_batches = fig.inference_energy_batches(report)
     energy_batch = energy_batches[-1] if energy_batches else None
@@ -146,6 +163,7 @@ def _results(report: Mapping[str, Any], runtime: str | None, batches: list[int])
         row += [significant(values["energy_j_per_1k"], 3), significant(values["co2_g_per_1k"], 3)]
         rows.append(row)
     lines = ["## Results", "", *table(header, rows), ""]
+    lines += _export_notes(report)
     if number(fig.section(report, "dense", "accuracy")) is None:
         lines += ["The dense baseline was not trained (baseline.enabled: false): its row gives its size only.", ""]
     if runtime is None:
