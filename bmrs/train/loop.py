@@ -28,15 +28,15 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from bmrs.train.checkpoint import CheckpointError, check_resumable_checkpoint, first_difference, read_checkpoint, save_checkpoint
-from bmrs.criteria import Criterion, criterion_name, group_views
+from bmrs.criteria import criterion_name
 from bmrs.data import DataBundle, Split
 from bmrs.nn.fold import absorb_expected_noise_
 from bmrs.train.metrics import classification_metrics
 from bmrs.math.fused import compile_enabled
 from bmrs.nn.attention import structure_weights
-from bmrs.nn.groups import noise_groups
-from bmrs.nn.noise import LogNormalNoise, noise_modules, noise_modules_under, project_log_sigma_
+from bmrs.nn.noise import LogNormalNoise, noise_modules, project_log_sigma_
 from bmrs.train.config import FinetuneNoise, KLWeighting, Schedule, ScheduleUnit, TrainConfig
+from bmrs.train.pruning import prune_decisions, prune_starts, prunes_after
 
 
 class TrainingDivergedError(RuntimeError):
@@ -105,30 +105,6 @@ def structure_compression(model: nn.Module) -> float:
     return 0.0 if total == 0 else 1.0 - sum(int(n.mask.sum()) for n in noises) / total
 
 
-def prune_decisions(model: nn.Module, criterion: Criterion, grad_sq: dict[str, Tensor], min_alive: int) -> dict[str, Tensor]:
-    """Per noise layer, the mask of structures the criterion removes (pruned ones included), never
-    leaving fewer than ``min_alive`` structures. The criterion decides per coupled group, so every
-    member of a group gets the same mask. Nothing is changed."""
-    decisions = {}
-    for group in group_views(model, grad_sq):
-        decision = criterion.decide(group)
-        prune = decision.prune.clone()
-        if int((~prune).sum()) < min_alive:
-            # Without a surviving structure the layer, and the network, would output a constant.
-            keep = torch.argsort(decision.scores, descending=True, stable=True)[:min_alive]
-            prune[keep] = False
-            prune |= ~group.mask
-        decisions.update(dict.fromkeys((member.name for member in group.members), prune))
-    return decisions
-
-
-def prune_step(model: nn.Module, criterion: Criterion, grad_sq: dict[str, Tensor], min_alive: int) -> int:
-    """Apply the criterion to every noise group, never leaving fewer than ``min_alive`` structures;
-    returns how many structures (a coupled group's channel counted once) were newly removed."""
-    decisions = prune_decisions(model, criterion, grad_sq, min_alive)
-    return sum(group.prune_(decisions[group.name]) for group in noise_groups(model))
-
-
 def training_fingerprint(model: nn.Module, data: DataBundle, config: TrainConfig) -> dict[str, Any]:
     """What a checkpoint's continuation depends on besides its own state: every training setting
     (bar ``progress``), the model's modules and tensor shapes, and the data. Resuming under a
@@ -165,25 +141,6 @@ def _digest(split: Split) -> str:
         hasher.update(f"{tensor.dtype}{list(tensor.shape)}".encode())
         hasher.update(tensor.detach().cpu().contiguous().numpy().data)
     return f"{len(split)} examples, {hasher.hexdigest()}"
-
-
-def prune_starts(model: nn.Module, config: TrainConfig) -> dict[str, int]:
-    """Per noise layer, the first epoch after which the criterion prunes it (a later entry of
-    ``prune_start_by_layer`` wins where two name the same layer). The members of a coupled group
-    start together, at the latest start among them: a channel removed from one member only could
-    not be sliced."""
-    starts = dict.fromkeys(noise_modules(model), config.prune_start)
-    for path, start in config.prune_start_by_layer.items():
-        starts.update(dict.fromkeys(noise_modules_under(model, path, "train.prune_start_by_layer"), start))
-    for group in noise_groups(model):
-        latest = max(starts[name] for name in group.members)
-        starts.update(dict.fromkeys(group.members, latest))
-    return starts
-
-
-def _prunes_after(epoch: int, start: int, every: int) -> bool:
-    """Whether a layer whose pruning starts after ``start`` is pruned at the end of (1-based) ``epoch``."""
-    return epoch >= start and (epoch - start) % every == 0
 
 
 @dataclass
@@ -357,7 +314,7 @@ def train_(
             decisions = prune_decisions(model, criterion, grad_sq, config.min_structures_per_layer)
             keeps = {name: int((~prune).sum()) for name, prune in decisions.items()}
             for name, prune in decisions.items():
-                if _prunes_after(epoch + 1, starts[name], config.prune_every):
+                if prunes_after(epoch + 1, starts[name], config.prune_every):
                     noises_by_name[name].prune_(prune)
                     grad_sq.pop(name, None)  # the gradient criterion's statistics restart with each pruning
         val_accuracy, val_nll = evaluate(model, data.val, config.eval_batch_size)

@@ -48,7 +48,7 @@ from bmrs.data import DataBundle
 from bmrs.train.metrics import classification_metrics
 from bmrs.models import build_network
 from bmrs.train import TrainConfig, train_
-from bmrs.train.loop import prune_starts
+from bmrs.train.pruning import prune_starts
 from export.slicing import check_sliceable, parameter_compression, slice_model
 from pipeline.stages.checks import RunFacts, chance_accuracy, evaluate_checks
 from pipeline.config import FlowConfig

@@ -281,7 +281,7 @@ def test_layer_ratios_type_errors():
 def test_layer_ratios_reach_every_noise_layer_of_a_model():
     from bmrs.models import ModelConfig, NoiseInit, build_network
     from bmrs.nn.noise import noise_modules
-    from bmrs.train.loop import prune_step
+    from bmrs.train.pruning import prune_step
 
     model = build_network(ModelConfig("mlp", hidden_width=10, hidden_layers=2), (1, 4, 4), 3, noise=NoiseInit())
     names = list(noise_modules(model))

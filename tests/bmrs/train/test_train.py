@@ -28,7 +28,7 @@ from bmrs.train import (
     structure_compression,
     train_,
 )
-from bmrs.train.loop import prune_step
+from bmrs.train.pruning import prune_step
 
 SHAPE = (1, 6, 6)
 

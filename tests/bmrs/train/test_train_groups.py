@@ -12,7 +12,7 @@ from bmrs.models.structures import analyse_structures
 from bmrs.nn.groups import noise_groups
 from bmrs.nn.insert import insert_noise
 from bmrs.train import TrainConfig, train_
-from bmrs.train.loop import prune_starts, prune_step
+from bmrs.train.pruning import prune_starts, prune_step
 from bmrs.train.post_training import PostTrainingConfig, post_training_prune
 from export.slicing import slice_model
 from layer_patterns import build_pattern
