@@ -8,6 +8,8 @@
                                                                reference, in runs/<flow>/compare/ (finished runs reused)
     bmrs report RUN_DIR [RUN_DIR ...] [--out DIR]              rebuild report.md (and, over several runs, the
                                                                comparison: report.md, report.json, plots) from finished runs
+    bmrs serve [flows.yaml] [--flow NAME ...] [--port P]      run the flows' schedules (flows.yaml `schedule:`), each
+                                                               scheduled run as `bmrs run` (pipeline.serve)
 
 Exit codes: 0 completed; 2 bad input, or a run that failed cleanly (one `bmrs: error:` line, status.json
 failed; an exported ONNX model that does not match the model it stands for is such a failure);
@@ -67,6 +69,12 @@ def _parser() -> argparse.ArgumentParser:
     from pipeline.compare import add_compare_parser
 
     add_compare_parser(commands)
+    serve = commands.add_parser("serve", help="run the flows' schedules (flows.yaml `schedule:`) until stopped")
+    serve.add_argument("flows", nargs="?", default="flows.yaml", help="path of flows.yaml (default: ./flows.yaml)")
+    serve.add_argument("--flow", dest="flow_names", nargs="+", action="extend", metavar="NAME",
+                       help="flows to serve, each with a schedule (default: every flow in the file that has one)")
+    serve.add_argument("--port", type=int, help="port of the Prefect server started when PREFECT_API_URL is unset (default: a free one)")
+    serve.add_argument("--limit", type=int, default=1, help="scheduled runs at a time (default 1; a run due meanwhile waits)")
     return parser
 
 
@@ -88,32 +96,54 @@ def main(argv: list[str] | None = None) -> int:
         return report_from_args(args)
     if args.command == "resume":
         return _resume(args.run_dir, no_progress=args.no_progress)
-    from bmrs.data import DatasetNotFoundError
+    if args.command == "serve":
+        _prefect_environment()  # before pipeline.serve imports Prefect, which reads it once
+        from pipeline.serve import serve_from_args
+
+        return serve_from_args(args)
+    overrides = args.overrides + (["train.progress=false"] if args.no_progress else [])
+    return run_flow(args.flows, args.flow, overrides, args.seeds)
+
+
+def run_flow(flows: str, flow: str, overrides: list[str], seed_list: list[int] | None = None) -> int:
+    """`bmrs run`: a new run (or seed group) of ``flow`` in ``flows``, with ``--set`` ``overrides``;
+    each scheduled run of `bmrs serve` is this call too. Returns the exit code."""
     from pipeline.config import ConfigError, load_flow
 
-    overrides = args.overrides + (["train.progress=false"] if args.no_progress else [])
+    _prefect_environment()  # before a flow's schedule is checked: that imports Prefect, which reads it once
     try:
-        config = load_flow(args.flows, args.flow, overrides)
+        config = load_flow(flows, flow, overrides)
     except ConfigError as error:
         return _fail(str(error))
+    problem = check_runnable(config, seed_list)
+    if problem is not None:
+        return _fail(problem)
+    from pipeline import seeds
+    from pipeline.stages import steps
+
+    if seed_list is not None:
+        group_dir = seeds.new_group_dir(config, seed_list)
+        print(f"bmrs: flow {config.name!r} over seeds {seed_list} -> {group_dir}")
+        return _run_group(config, seed_list, group_dir)
+    run_dir = steps.new_run_dir(config)
+    print(f"bmrs: flow {config.name!r} ({config.model.name} on {config.data.dataset}, method {config.method}) -> {run_dir}")
+    return _execute(config, run_dir, resume=False)
+
+
+def check_runnable(config: FlowConfig, seed_list: list[int] | None = None) -> str | None:
+    """The problem that stops ``config`` from running, in one line, or None: a missing dataset or a
+    layer path naming nothing fails before a run directory exists."""
+    from bmrs.data import DatasetNotFoundError
     from pipeline import seeds
     from pipeline.stages import steps
 
     try:
-        if args.seeds is not None:
-            seeds.check_seeds(args.seeds)
-        # A missing dataset or a layer path naming nothing fails before a run directory exists.
+        if seed_list is not None:
+            seeds.check_seeds(seed_list)
         steps.check_model(config, steps.load_data(config))
     except (DatasetNotFoundError, ValueError, TypeError) as error:  # TypeError: a user model's factory
-        return _fail(str(error))
-
-    if args.seeds is not None:
-        group_dir = seeds.new_group_dir(config, args.seeds)
-        print(f"bmrs: flow {config.name!r} over seeds {args.seeds} -> {group_dir}")
-        return _run_group(config, args.seeds, group_dir)
-    run_dir = steps.new_run_dir(config)
-    print(f"bmrs: flow {config.name!r} ({config.model.name} on {config.data.dataset}, method {config.method}) -> {run_dir}")
-    return _execute(config, run_dir, resume=False)
+        return str(error)
+    return None
 
 
 def _resume(run_dir_arg: str, *, no_progress: bool) -> int:

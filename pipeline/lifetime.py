@@ -10,6 +10,9 @@ keeps running, re-parented to PID 1, still listening. Two things close that:
   the signal follows the thread that started the child, hence the main thread);
 - ``sigterm_raises`` turns SIGTERM into a ``Terminated`` exception that unwinds like Ctrl-C, so
   status.json records the failure and the ``atexit`` hook stops the server as at any other exit.
+
+`bmrs serve` binds the same way the ``prefect server start`` it runs (``die_with_this_process``) and
+each scheduled run's process (``die_with_parent``, called by the run itself).
 """
 from __future__ import annotations
 
@@ -56,6 +59,22 @@ class _SubprocessBoundToUs:
         if threading.current_thread() is threading.main_thread() and "preexec_fn" not in kwargs:
             kwargs["preexec_fn"] = _die_with_parent(os.getpid())
         return subprocess.Popen(*args, **kwargs)
+
+
+def die_with_this_process() -> Callable[[], None] | None:
+    """A ``preexec_fn`` for a child that ``subprocess.Popen`` starts from the main thread: the kernel
+    kills the child when this process dies, ``kill -9`` included (Linux; elsewhere None: no change)."""
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    return _die_with_parent(os.getpid())
+
+
+def die_with_parent(parent: int) -> None:
+    """Called early in a child: the kernel kills this process when ``parent`` (the process, pid,
+    that started it) dies. A no-op off Linux, or when ``parent`` is not the process that started
+    this one (nothing to bind to)."""
+    if sys.platform.startswith("linux") and os.getppid() == parent:
+        _die_with_parent(parent)()
 
 
 def start_bound_server() -> None:

@@ -30,6 +30,7 @@ from bmrs.models.user import is_user_model, resolve_factory
 from export.onnx_export import OnnxConfig
 from pipeline.stages.checks import ChecksConfig
 from pipeline.config.flows_file import ConfigError, check_flow_name, copy_tree, parse_overrides, read_flows, set_dotted
+from pipeline.config.schedule import ScheduleConfig
 
 # ConfigError, parse_overrides and read_flows live in pipeline.config.flows_file; they are this module's API too.
 __all__ = ["ConfigError", "FlowConfig", "flow_config_from_dict", "load_flow", "parse_overrides", "read_flows"]
@@ -115,6 +116,8 @@ class FlowConfig:
     post_training: PostTrainingSection = field(default_factory=PostTrainingSection)
     checks: ChecksConfig = field(default_factory=ChecksConfig)
     energy: EnergyRunConfig = field(default_factory=EnergyRunConfig)
+    # When `bmrs serve` runs the flow (pipeline.config.schedule); `bmrs run` ignores it.
+    schedule: ScheduleConfig | None = None
 
     def __post_init__(self) -> None:
         check_flow_name(self.name)
