@@ -137,6 +137,9 @@ def _export_notes(report: Mapping[str, Any]) -> list[str]:
     dtype = fig.section(report, "pruned", "onnx", "dtype")
     if dtype and dtype != "float32":
         notes.append(f"model.onnx computes in {dtype}; its parity with the evaluated model is judged by the fp16 bound.")
+        if any(str(runtime).startswith("torch") for runtime in report.get("latency") or {}):
+            # PyTorch has no fp16 CPU kernels worth timing: eager timing stays on the float32 modules.
+            notes.append("PyTorch eager latency is of the float32 modules the ONNX files were exported from.")
     if pruned.get("sliced_model"):
         notes.append(f"The sliced PyTorch model: `{pruned['sliced_model']}` (`export.saved.load_sliced`).")
     return [" ".join(notes), ""] if notes else []

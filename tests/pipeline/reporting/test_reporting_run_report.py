@@ -139,10 +139,12 @@ def test_rounded_widths_fp16_and_the_sliced_model_are_stated_beside_the_table(tm
     def exported(report):
         report["pruned"].update(round_to=8, compression=0.55, compression_unrounded=0.621, sliced_model="sliced/sliced.json")
         report["pruned"]["onnx"] = {"dtype": "float16"}
+        report["latency"]["torch-cpu"] = report["latency"]["CPUExecutionProvider"]
 
     text = write_run_report(make_run(tmp_path / "run", edit=exported)).read_text()
     assert "Widths rounded up to multiples of 8 (export.round_to): 55.0% removed, against 62.1% without rounding." in text
     assert "model.onnx computes in float16" in text
+    assert "PyTorch eager latency is of the float32 modules" in text
     assert "The sliced PyTorch model: `sliced/sliced.json`" in text
     plain = write_run_report(make_run(tmp_path / "plain")).read_text()
-    assert "export.round_to" not in plain and "float16" not in plain
+    assert "export.round_to" not in plain and "float16" not in plain and "float32 modules" not in plain
