@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,9 @@ from torch import Tensor, nn
 from bmrs.data import DataBundle
 from bmrs.sparsify.config import SparsifyConfig
 from bmrs.sparsify.records import Position, SparsifyEpoch, SparsifyRound
-from bmrs.train.checkpoint import CheckpointError, check_resumable_checkpoint, first_difference, read_checkpoint, save_checkpoint
+from bmrs.train.checkpoint import (
+    damaged_training_state, load_optimizer_and_check_random_state, open_for_resume, restore_random_state, save_checkpoint,
+)
 from bmrs.train.loop import training_environment
 
 CHECKPOINT_NAME = "sparsify.pt"
@@ -86,35 +87,15 @@ def resume_run(
     fingerprint: dict[str, Any], device: torch.device,
 ) -> tuple[Position, list[SparsifyEpoch], list[SparsifyRound]]:  # fmt: skip
     """Restore the run from ``path``; everything is checked before anything changes."""
-    checkpoint = read_checkpoint(path)
-    check_resumable_checkpoint(path, checkpoint, meanfield, fingerprint)
-    changed = first_difference(checkpoint.meta.get("environment"), _environment(device))
-    if changed:
-        warnings.warn(
-            f"resuming {str(path)!r} in another environment ({changed}): the result will agree with an "
-            "uninterrupted run statistically, not bit for bit",
-            stacklevel=3,
-        )
-    try:
+    checkpoint = open_for_resume(path, meanfield, fingerprint, _environment(device))
+    with damaged_training_state(path):
         meta, training = checkpoint.meta, checkpoint.training
         position = Position(**meta["position"])
         epochs = [SparsifyEpoch(**record) for record in meta["epochs"]]
         rounds = [SparsifyRound(**record) for record in meta["rounds"]]
         if [record.round for record in rounds] != list(range(len(rounds))):
             raise ValueError(f"its rounds are {[record.round for record in rounds]}, not 0, 1, ...")
-        rng, shuffle_state, cuda_rng = training["rng"], training["shuffle"], training.get("cuda_rng")
-        # Tried on scratch generators first, so that a bad state is refused before anything changed.
-        torch.Generator().set_state(rng)
-        torch.Generator().set_state(shuffle_state)
-        optimizer.load_state_dict(training["optimizer"])  # validates its structure before changing anything
-    except Exception as error:
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} has a damaged training state ({type(error).__name__}: {error}); "
-            "delete it and start a new run"
-        ) from error
+        load_optimizer_and_check_random_state(training, optimizer)
     meanfield.load_state_dict(checkpoint.state_dict)
-    torch.set_rng_state(rng)
-    if cuda_rng is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(cuda_rng, device)
-    shuffle.set_state(shuffle_state)
+    restore_random_state(training, shuffle, device)
     return position, epochs, rounds

@@ -8,10 +8,12 @@ crash never leaves a half-written file where a complete one was.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,3 +185,48 @@ def _mismatch(expected: dict[str, Any], found: dict[str, Any]) -> str | None:
         if not isinstance(found[key], torch.Tensor) or found[key].shape != tensor.shape:
             return f"{key}: expected shape {tuple(tensor.shape)}, found {getattr(found[key], 'shape', type(found[key]))}"
     return None
+
+
+def open_for_resume(path: Path, model: nn.Module, fingerprint: dict[str, Any], environment: dict[str, Any]) -> Checkpoint:
+    """``path``'s checkpoint, refused (``CheckpointError``) unless ``model`` and ``fingerprint`` can
+    resume it; a warning when it was written in another ``environment`` (torch version, threads):
+    the resumed run then agrees with an uninterrupted one statistically, not bit for bit."""
+    checkpoint = read_checkpoint(path)
+    check_resumable_checkpoint(path, checkpoint, model, fingerprint)
+    changed = first_difference(checkpoint.meta.get("environment"), environment)
+    if changed:
+        warnings.warn(
+            f"resuming {str(path)!r} in another environment ({changed}): the result will agree with an "
+            "uninterrupted run statistically, not bit for bit",
+            stacklevel=4,
+        )
+    return checkpoint
+
+
+@contextlib.contextmanager
+def damaged_training_state(path: Path) -> Iterator[None]:
+    """Whatever fails while a checkpoint's training state is read becomes one ``CheckpointError``
+    naming the file and the fix."""
+    try:
+        yield
+    except Exception as error:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has a damaged training state ({type(error).__name__}: {error}); "
+            "delete it and start a new run"
+        ) from error
+
+
+def load_optimizer_and_check_random_state(training: dict[str, Any], optimizer: torch.optim.Optimizer) -> None:
+    """Load the optimiser's state and try the random streams on scratch generators, so that a bad
+    state is refused before the model or the global generators change."""
+    torch.Generator().set_state(training["rng"])
+    torch.Generator().set_state(training["shuffle"])
+    optimizer.load_state_dict(training["optimizer"])  # validates its structure before changing anything
+
+
+def restore_random_state(training: dict[str, Any], shuffle: torch.Generator, device: torch.device | None = None) -> None:
+    """The global, shuffle and (on CUDA) device generators as the checkpoint saved them."""
+    torch.set_rng_state(training["rng"])
+    shuffle.set_state(training["shuffle"])
+    if device is not None and device.type == "cuda" and training.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(training["cuda_rng"], device)

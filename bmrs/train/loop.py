@@ -17,7 +17,6 @@ import hashlib
 import json
 import math
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -27,7 +26,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from bmrs.train.checkpoint import CheckpointError, check_resumable_checkpoint, first_difference, read_checkpoint, save_checkpoint
+from bmrs.train.checkpoint import (
+    check_resumable_checkpoint, damaged_training_state, load_optimizer_and_check_random_state, open_for_resume,
+    read_checkpoint, restore_random_state, save_checkpoint,
+)
 from bmrs.criteria import criterion_name
 from bmrs.data import DataBundle, Split
 from bmrs.nn.fold import absorb_expected_noise_
@@ -164,16 +166,8 @@ def _resume(
     path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, shuffle: torch.Generator, fingerprint: dict[str, Any], total_epochs: int
 ) -> _Progress:
     """Restore model, optimizer and random streams from ``path``; everything is checked before anything changes."""
-    checkpoint = read_checkpoint(path)
-    check_resumable_checkpoint(path, checkpoint, model, fingerprint)
-    changed = first_difference(checkpoint.meta.get("environment"), training_environment())
-    if changed:
-        warnings.warn(
-            f"resuming {str(path)!r} in another environment ({changed}): the result will agree with an "
-            "uninterrupted run statistically, not bit for bit",
-            stacklevel=3,
-        )
-    try:
+    checkpoint = open_for_resume(path, model, fingerprint, training_environment())
+    with damaged_training_state(path):
         epoch = checkpoint.meta["epoch"]
         if not (isinstance(epoch, int) and 1 <= epoch <= total_epochs):
             raise ValueError(f"epoch {epoch!r} is outside 1..{total_epochs}")
@@ -186,19 +180,9 @@ def _resume(
         for name, value in grad_sq.items():
             if name not in sizes or not isinstance(value, Tensor) or tuple(value.shape) != (sizes[name],):
                 raise ValueError(f"gradient statistics for {name!r} do not fit the model's noise layers")
-        rng, shuffle_state = training["rng"], training["shuffle"]
-        # Tried on scratch generators first, so that a bad state is refused before anything changed.
-        torch.Generator().set_state(rng)
-        torch.Generator().set_state(shuffle_state)
-        optimizer.load_state_dict(training["optimizer"])  # validates its structure before changing anything
-    except Exception as error:
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} has a damaged training state ({type(error).__name__}: {error}); "
-            "delete it and start a new run"
-        ) from error
+        load_optimizer_and_check_random_state(training, optimizer)
     model.load_state_dict(checkpoint.state_dict)
-    torch.set_rng_state(rng)
-    shuffle.set_state(shuffle_state)
+    restore_random_state(training, shuffle)
     return _Progress(epoch, history, grad_sq)
 
 
