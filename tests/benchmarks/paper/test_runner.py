@@ -159,20 +159,24 @@ def test_user_overrides_refuse_what_the_benchmark_sets_or_does_not_use():
 def test_workers_exit_when_the_benchmark_is_killed(tmp_path):
     """A killed benchmark must not leave its pool training on: the workers notice and exit."""
     script = tmp_path / "pool.py"
+    # Each task marks that it started: by then its worker ran the pool's initializer (the parent
+    # watch), however long the imports took on a loaded machine.
     script.write_text(
-        "import time\nfrom benchmarks.paper import runner\n"
+        "import pathlib, sys, time\nfrom benchmarks.paper import runner\n"
+        "def work(marker):\n    pathlib.Path(marker).touch()\n    time.sleep(120)\n"
         "if __name__ == '__main__':\n"
-        "    runner.run_all([runner.Task('a', time.sleep, (120,)), runner.Task('b', time.sleep, (120,))], jobs=2)\n"
+        f"    runner.run_all([runner.Task(n, work, ({str(tmp_path)!r} + '/' + n,)) for n in 'ab'], jobs=2)\n"
     )
     parent = subprocess.Popen([sys.executable, str(script)], cwd=REPO)
     workers: list[int] = []
-    deadline = time.monotonic() + 120
-    while len(workers) < 2 and time.monotonic() < deadline:
+    deadline = time.monotonic() + 300
+    while not (len(workers) == 2 and (tmp_path / "a").exists() and (tmp_path / "b").exists()) and time.monotonic() < deadline:
         time.sleep(0.5)
         children = Path(f"/proc/{parent.pid}/task/{parent.pid}/children").read_text().split()
         # The resource tracker is a child too; pool workers are the ones running spawn_main.
         workers = [int(pid) for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
     assert len(workers) == 2, "the pool never started its two workers"
+    assert (tmp_path / "a").exists() and (tmp_path / "b").exists(), "the workers never started their tasks"
     parent.send_signal(signal.SIGKILL)
     parent.wait()
     deadline = time.monotonic() + 30
