@@ -3,12 +3,14 @@
 Each run publishes its ``report.md`` as a markdown artifact, its key metrics as a table artifact and
 links to the files it wrote (ONNX models, report, plots). Keys are derived from the flow's name, so
 successive runs of one flow become versions of the same artifacts. Artifacts are a view: publishing
-them never fails a run whose models and report are written (a Prefect API error is printed, once).
+them never fails a run whose models and report are written (a Prefect API error is printed, once,
+after transient ones were retried with backoff: ``pipeline.retrying``).
 """
 from __future__ import annotations
 
 import re
 import sys
+from functools import partial
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -81,10 +83,16 @@ def publish(key: str, *, markdown: str, table: Sequence[Mapping[str, Any]], link
     try:
         from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
-        create_markdown_artifact(markdown=markdown, key=artifact_key(key, "report"), description=f"{what}: report.md")
-        create_table_artifact(table=finite([dict(row) for row in table]), key=artifact_key(key, "metrics"), description=f"{what}: metrics")
+        from pipeline.retrying import call_with_retries
+
+        # Each artifact retried on its own (an API that did not answer, a 5xx), so none is published twice.
+        call_with_retries(partial(create_markdown_artifact, markdown=markdown, key=artifact_key(key, "report"),
+                                  description=f"{what}: report.md"))  # fmt: skip
+        call_with_retries(partial(create_table_artifact, table=finite([dict(row) for row in table]),
+                                  key=artifact_key(key, "metrics"), description=f"{what}: metrics"))  # fmt: skip
         for uri, name in links:
-            create_link_artifact(link=uri, link_text=name, key=artifact_key(key, name), description=f"{what}: {name}")
+            call_with_retries(partial(create_link_artifact, link=uri, link_text=name, key=artifact_key(key, name),
+                                      description=f"{what}: {name}"))  # fmt: skip
     except Exception as error:  # noqa: BLE001 - artifacts are a view; the run's files are what counts
         print(f"bmrs: Prefect artifacts of {what} were not published ({type(error).__name__}: {error})", file=sys.stderr)
         return False

@@ -6,6 +6,8 @@
     bmrs resume RUN_DIR                                        finish an interrupted run (or seed group) in place
     bmrs compare [flows.yaml] --flow NAME --methods M ... [--seeds ...]   every method on the same split and dense
                                                                reference, in runs/<flow>/compare/ (finished runs reused)
+    bmrs compare ... [--models NAME ...] [--workers N | --dask-address tcp://host:8786]   (alias: bmrs sweep) per
+                                                               model, the runs concurrently on Dask (pipeline.sweep_flow)
     bmrs report RUN_DIR [RUN_DIR ...] [--out DIR]              rebuild report.md (and, over several runs, the
                                                                comparison: report.md, report.json, plots) from finished runs
     bmrs serve [flows.yaml] [--flow NAME ...] [--port P]      run the flows' schedules (flows.yaml `schedule:`), each
@@ -85,7 +87,7 @@ def _fail(message: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "compare":
+    if args.command in ("compare", "sweep"):
         from pipeline.compare import compare
 
         _prefect_environment()  # also for the comparison's report flow when every run is reused

@@ -33,20 +33,26 @@ from prefect.cache_policies import NO_CACHE
 from pipeline.artifacts import artifact_key, comparison_rows, file_links, publish, run_metric_rows
 from pipeline.stages import shipping, steps
 from pipeline.config import FlowConfig
+from pipeline.retrying import task_options
 from pipeline.stages.energy import BENCHMARKING, SLICING_EXPORT, inference_energy_stage, run_energy
 from pipeline.stages.post_training import post_training_stage
 
-# Models and datasets are not hashable inputs; every stage writes its result into the run directory.
+# Models and datasets are not hashable inputs; every stage writes its result into the run directory,
+# and a comparison reuses a whole run directory by its recorded key (pipeline.cache), so Prefect's
+# own caching stays off.
 stage = task(cache_policy=NO_CACHE, persist_result=False)
+# Stages bound by file and API I/O (export and its checks, writing the report) retry a transient
+# failure with backoff (pipeline.retrying); training and measuring never retry.
+io_stage = task(cache_policy=NO_CACHE, persist_result=False, **task_options())
 
 train_task = stage(steps.train_stage, name="train")
-compress_task = stage(shipping.compress_stage, name="compress")
-dense_task = stage(shipping.dense_stage, name="dense-reference")
+compress_task = io_stage(shipping.compress_stage, name="compress")
+dense_task = io_stage(shipping.dense_stage, name="dense-reference")
 latency_task = stage(steps.latency_stage, name="latency")
 energy_task = stage(inference_energy_stage, name="inference-energy")
 post_training_task = stage(post_training_stage, name="post-training")
 checks_task = stage(steps.checks_stage, name="checks")
-report_task = stage(steps.report_stage, name="report")
+report_task = io_stage(steps.report_stage, name="report")
 
 
 @flow(name="bmrs-compress", persist_result=False, log_prints=True)

@@ -11,6 +11,11 @@ keeps running, re-parented to PID 1, still listening. Two things close that:
 - ``sigterm_raises`` turns SIGTERM into a ``Terminated`` exception that unwinds like Ctrl-C, so
   status.json records the failure and the ``atexit`` hook stops the server as at any other exit.
 
+``start_bound_server`` also lets one process at a time start a server on a ``PREFECT_HOME``: each
+start migrates the shared SQLite database, and two at once collide (two `bmrs run` at one instant).
+
+A sweep's local Dask workers end with `bmrs` by Dask's own guard (``pipeline.sweep``).
+
 `bmrs serve` binds the same way the ``prefect server start`` it runs (``die_with_this_process``) and
 each scheduled run's process (``die_with_parent``, called by the run itself).
 """
@@ -88,7 +93,48 @@ def start_bound_server() -> None:
 
     if sys.platform.startswith("linux") and threading.current_thread() is threading.main_thread():
         prefect_server.subprocess = _SubprocessBoundToUs()
-    prefect_server.SubprocessASGIServer().start()
+    with _one_start_at_a_time():
+        prefect_server.SubprocessASGIServer().start()
+
+
+SERVER_START_LOCK = ".bmrs-server-start.lock"
+SERVER_START_WAIT_S = 300.0
+
+
+@contextlib.contextmanager
+def _one_start_at_a_time() -> Iterator[None]:
+    """Hold ``PREFECT_HOME/.bmrs-server-start.lock`` while an ephemeral server starts. Every `bmrs`
+    process starts its own server on the one SQLite database of ``PREFECT_HOME``, and a server
+    migrates that database as it starts: two starting at once (two `bmrs run` at the same instant on
+    a new home) both add the same column and one fails ("duplicate column name"). Once migrated,
+    servers share the database as SQLite allows. The operating system drops the lock when its
+    holder dies; after ``SERVER_START_WAIT_S`` this process starts anyway."""
+    import fcntl
+    import time
+    from pathlib import Path
+
+    from prefect.settings import PREFECT_HOME
+
+    home = Path(PREFECT_HOME.value()).expanduser()
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        handle = open(home / SERVER_START_LOCK, "a")  # noqa: SIM115  (closed below, which unlocks)
+    except OSError:  # a home this process cannot write: Prefect itself says so when it starts
+        yield
+        return
+    try:
+        deadline = time.monotonic() + SERVER_START_WAIT_S
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+        yield
+    finally:
+        handle.close()
 
 
 def _raise_terminated(signum: int, frame: object) -> None:

@@ -56,8 +56,7 @@ def seed_config(config: FlowConfig, seed: int) -> FlowConfig:
 
 
 def new_group_dir(config: FlowConfig, seeds: Sequence[int]) -> Path:
-    group_dir = Path(config.output.runs_dir) / config.name / steps.new_run_id()
-    group_dir.mkdir(parents=True, exist_ok=False)
+    group_dir = steps.new_unique_dir(Path(config.output.runs_dir) / config.name)
     write_json(group_dir / GROUP_FILE, {"flow": config.name, "seeds": list(check_seeds(seeds)), "config": config.to_dict()})
     return group_dir
 

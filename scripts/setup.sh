@@ -29,7 +29,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "WARNING: Location" || true
   # torch is left unpinned on purpose: the machine's local torch 2.13.0+cpu wheel cannot load PyPI's torchvision.
   .venv/bin/python -m pip install -q -e ".[test]" 2>&1 | grep -v "WARNING: Location" || true
-  .venv/bin/python -c "import torch, torchvision, torch_pruning, onnxruntime, prefect" \
+  .venv/bin/python -c "import torch, torchvision, torch_pruning, onnxruntime, prefect, prefect_dask, distributed" \
     || { echo "setup: the environment does not import; see the pip output above" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi

@@ -1,23 +1,29 @@
 """``bmrs compare``: every method on the same data split and the same dense reference, one directory.
 
     bmrs compare [flows.yaml] --flow NAME --methods none l2 etheta snr grad bmrs_n bmrs_u:8 bmrs_u:4
-        [--seeds 0 1 2] [--set key=value ...] [--out DIR] [--no-progress]
+        [--seeds 0 1 2] [--models NAME ...] [--workers N | --dask-address tcp://host:8786]
+        [--set key=value ...] [--out DIR] [--no-progress]
 
 Each (method, seed) is an ordinary run of the flow (the ``bmrs run`` path, through the ``execute``
 callback the CLI passes) in ``<out>/<label>/seed<k>/``; only ``train.criterion`` and ``train.seed``
 differ between them. Per seed the dense baseline is trained once and shared (``plan``), the dense
 method first, ``bmrs_n`` before the methods that prune at its per-layer fractions (``l2``, ``grad``).
 Rerunning the same command reuses finished runs, resumes begun ones and adds the missing ones; a
-run directory made under other settings is refused. A failed or degraded run does not stop the
-others. Exit codes as for seed groups: 0 all completed, 3 some degraded, 1 some without a report,
-2 bad input (one ``bmrs: error:`` line, before anything is written).
+run directory made under other settings is refused, one made by other code or on other data
+(``pipeline.cache``'s key) is moved aside and run again. A failed or degraded run does not stop the
+others. ``--models`` repeats the comparison per ``model.name``, each in ``<out>/<model>/``.
+``--workers`` / ``--dask-address`` run the runs concurrently on Dask (``pipeline.sweep``); without
+them they run one after another in this process (``runs``). Exit codes as for seed groups: 0 all
+completed, 3 some degraded, 1 some without a report, 2 bad input (one ``bmrs: error:`` line, before
+anything is written).
 """
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -44,7 +50,7 @@ TrainDense = Callable[["FlowConfig", "DataBundle", Path], Path]
 def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
     """``bmrs compare``'s arguments, as a subcommand of ``subparsers`` (``add_subparsers()``'s result)."""
     parser = subparsers.add_parser(
-        "compare", help="run several methods on the same split and dense reference, compared in one report",
+        "compare", aliases=["sweep"], help="run several methods on the same split and dense reference, compared in one report",
         description="Run several methods of one flow on the same data split and the same dense baseline, one run "
         "directory per method and seed, and compare them in one report. Rerunning the same command reuses finished "
         "runs and adds missing ones.",
@@ -58,6 +64,14 @@ def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="override any setting of the flow, for every run, e.g. --set train.epochs=3")
     parser.add_argument("--out", type=Path, metavar="DIR", help="the comparison directory (default: <runs_dir>/<flow>/compare)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--models", nargs="+", metavar="NAME",
+                        help="model.name values: the comparison once per model, each in <out>/<model>/ (default: the flow's model)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, metavar="N",
+                       help="run the runs concurrently on a local Dask cluster of N worker processes (at most one per core)")
+    where.add_argument("--dask-address", metavar="ADDRESS",
+                       help="run the runs on an existing Dask cluster, e.g. tcp://host:8786 (the runs directory must be "
+                       "the same path on every worker's machine)")
     return parser
 
 
@@ -70,6 +84,20 @@ class Comparison:
     seeds: list[int]
     out_dir: Path
     data: DataBundle
+    data_digest: str = ""  # pipeline.cache.data_digest(data): part of every run's reuse key
+    model_label: str | None = None  # with --models: this comparison's model (its folder under --out)
+
+    @property
+    def prefix(self) -> str:
+        """Before a run's name in printed lines: the model, when several are compared."""
+        return f"{self.model_label} " if self.model_label else ""
+
+    def shipped(self) -> Comparison:
+        """Without the data, to send to a Dask worker, which loads its own (``with_data``)."""
+        return replace(self, data=None)
+
+    def with_data(self, data: DataBundle) -> Comparison:
+        return replace(self, data=data)
 
     def header(self) -> dict[str, Any]:
         from pipeline.compare.methods import DENSE_FOLDER, RATIO_SOURCE
@@ -86,37 +114,74 @@ class Comparison:
 
 
 def prepare(args: argparse.Namespace) -> Comparison:
+    """The one comparison ``args`` asks for, ignoring ``--models``; see ``prepare_all``."""
+    (comparison,) = prepare_all(argparse.Namespace(**{**vars(args), "models": None}))
+    return comparison
+
+
+def prepare_all(args: argparse.Namespace) -> list[Comparison]:
     """Check everything ``args`` asks for before anything is written or trained: the flow and
-    overrides, the seeds, every method (on the model too), and every directory already there.
-    Raises ``ValueError`` (``ConfigError``, ``DatasetNotFoundError``) with one line naming the fix."""
-    from pipeline.compare import methods as methods_module
+    overrides, the seeds, the models, every method (on each model too), and every directory
+    already there. One comparison per ``--models`` entry (one without it). Raises ``ValueError``
+    (``ConfigError``, ``DatasetNotFoundError``) with one line naming the fix."""
     from pipeline.compare import plan
     from pipeline.config import load_flow
+
+    overrides = list(args.overrides) + (["train.progress=false"] if args.no_progress else [])
+    models = getattr(args, "models", None)
+    if not models:
+        base = load_flow(args.flows, args.flow, overrides)
+        out_dir = Path(args.out) if args.out is not None else plan.default_out(base)
+        return [_prepare_one(args, base, out_dir, None)]
+    if any(override.strip().startswith("model.name=") for override in args.overrides):
+        raise ValueError("--models and --set model.name=... both choose the model; give the models with --models only")
+    repeated = sorted({name for name in models if models.count(name) > 1})
+    if repeated:
+        raise ValueError(f"--models lists {repeated[0]!r} twice; list each model once")
+    labels = {name: _UNSAFE.sub("_", name) for name in models}
+    if len(set(labels.values())) < len(labels):
+        raise ValueError(f"--models {models}: two models would share a folder ({sorted(labels.values())}); list each model once")
+    comparisons = []
+    for name in models:
+        base = load_flow(args.flows, args.flow, [*overrides, f"model.name={name}"])
+        root = Path(args.out) if args.out is not None else plan.default_out(base)
+        comparisons.append(_prepare_one(args, base, root / labels[name], labels[name]))
+    return comparisons
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.=+-]")  # a model name as a folder: package.module:factory -> package.module_factory
+
+
+def _prepare_one(args: argparse.Namespace, base: FlowConfig, out_dir: Path, model_label: str | None) -> Comparison:
+    from pipeline import cache
+    from pipeline.compare import methods as methods_module
+    from pipeline.compare import plan
     from pipeline.seeds import check_seeds
     from pipeline.stages import steps
 
-    overrides = list(args.overrides) + (["train.progress=false"] if args.no_progress else [])
-    base = load_flow(args.flows, args.flow, overrides)
     seeds = check_seeds(args.seeds) if args.seeds is not None else [base.train.seed]
     methods, added = methods_module.parse_methods(args.methods, base)
     data = steps.load_data(base)
     for method in methods:  # a layer path naming nothing, or a criterion the model cannot carry, fails now
         steps.check_model(methods_module.with_criterion(base, method.criterion), data)
-    out_dir = Path(args.out) if args.out is not None else plan.default_out(base)
     plan.check_writable(out_dir)
-    comparison = Comparison(base, methods, seeds, out_dir, data)
+    comparison = Comparison(base, methods, seeds, out_dir, data, cache.data_digest(data), model_label)
     check_existing(comparison)
     if added is not None:
         later = ", ".join(m.spec for m in methods if m.at_ratio_source)
-        print(f"bmrs: running {added.spec} too: {later} prune at its per-layer fractions")
+        print(f"bmrs: {comparison.prefix}running {added.spec} too: {later} prune at its per-layer fractions")
     return comparison
 
 
 def check_existing(comparison: Comparison) -> None:
     """Refuse (``ValueError``) what a previous comparison in the same directory left that this one
-    could not reuse or resume: runs under other settings, checkpoints the flow would not accept."""
+    could not reuse or resume: runs under other settings, checkpoints the flow would not accept.
+    A directory made by other code or on other data (a stale ``cache.json``) is not checked: it is
+    moved aside, not reused."""
+    from pipeline import cache
     from pipeline.compare import plan
     from pipeline.compare.methods import method_config
+    from pipeline.compare.runs import key_of
     from pipeline.seeds import seed_config
 
     base, data = comparison.base, comparison.data
@@ -127,27 +192,59 @@ def check_existing(comparison: Comparison) -> None:
             known = not method.at_ratio_source or fractions is not None
             config = method_config(base, method, seed, (fractions or {}) if method.at_ratio_source else None)
             found = plan.inspect(directory, config, without_layer_ratios=not known)
+            if found is plan.Found.NEW or cache.stale_reason(directory, key_of(comparison, config)) is not None:
+                continue
             if found is plan.Found.BEGUN and known:
                 plan.check_begun(directory, config, data)
             if method.is_ratio_source and found is plan.Found.FINISHED:
                 fractions = plan.layer_fractions(config, data, directory)
-        plan.check_dense(plan.dense_dir(comparison.out_dir, seed), seed_config(base, seed), data)
+        dense_dir, dense_config = plan.dense_dir(comparison.out_dir, seed), seed_config(base, seed)
+        if not dense_dir.exists() or cache.stale_reason(dense_dir, key_of(comparison, dense_config, dense=True)) is None:
+            plan.check_dense(dense_dir, dense_config, data)
 
 
 def compare(args: argparse.Namespace, execute: Execute, *, train_dense: TrainDense | None = None) -> int:
-    """``bmrs compare``: prepare, run every missing run, write the comparison report; the exit status."""
+    """``bmrs compare``: prepare, run every missing run (one after another, or concurrently on Dask
+    with ``--workers`` / ``--dask-address``), write each comparison's report; the exit status."""
+    from pipeline.compare.runs import run_comparison
     from pipeline.stages.resume import RunDirError
 
     try:
-        comparison = prepare(args)
+        choice = cluster_choice(args)
+        comparisons = prepare_all(args)
     except (ValueError, TypeError) as error:  # TypeError: a user model's factory
         return _fail(str(error))
-    print(f"bmrs: flow {comparison.base.name!r}: {len(comparison.methods)} methods x seeds {comparison.seeds} -> {comparison.out_dir}")
+    for comparison in comparisons:
+        print(f"bmrs: flow {comparison.base.name!r}{_model_note(comparison)}: {len(comparison.methods)} methods x seeds "
+              f"{comparison.seeds} -> {comparison.out_dir}")  # fmt: skip
     try:
-        summary = run_comparison(comparison, execute, train_dense=train_dense)
-    except RunDirError as error:  # another process holds the comparison directory
+        if choice is None:
+            summaries = [run_comparison(comparison, execute, train_dense=train_dense) for comparison in comparisons]
+        else:
+            from pipeline.sweep_flow import run_sweep
+
+            summaries = run_sweep(comparisons, execute, choice)
+    except RunDirError as error:  # another process holds a comparison directory
         return _fail(str(error))
-    return finish(comparison, summary)
+    except ValueError as error:  # pipeline.sweep.SweepError: the cluster cannot be used; nothing was run
+        return _fail(str(error))
+    codes = [finish(comparison, summary) for comparison, summary in zip(comparisons, summaries)]
+    return EXIT_FAILED if EXIT_FAILED in codes else EXIT_DEGRADED if EXIT_DEGRADED in codes else 0
+
+
+def _model_note(comparison: Comparison) -> str:
+    return f", model {comparison.base.model.name!r}" if comparison.model_label else ""
+
+
+def cluster_choice(args: argparse.Namespace) -> Any:
+    """``pipeline.sweep.ClusterChoice`` for ``--workers`` / ``--dask-address``; None: serial. Checked
+    without importing Dask (``ValueError`` naming the fix)."""
+    workers, address = getattr(args, "workers", None), getattr(args, "dask_address", None)
+    if workers is None and address is None:
+        return None
+    from pipeline.sweep import ClusterChoice
+
+    return ClusterChoice.checked(workers=workers, address=address)
 
 
 def _fail(message: str) -> int:
@@ -155,143 +252,61 @@ def _fail(message: str) -> int:
     return EXIT_BAD_INPUT
 
 
-def run_comparison(comparison: Comparison, execute: Execute, *, train_dense: TrainDense | None = None) -> dict[str, Any]:
-    """Every run of ``comparison`` that has no report yet, seed by seed, holding the directory's lock;
-    ``compare.json`` lists each run's outcome, also after Ctrl-C."""
-    from bmrs.artifacts import write_json
-    from pipeline.compare import plan
-    from pipeline.stages.resume import exclusive_run
-
-    comparison.out_dir.mkdir(parents=True, exist_ok=True)
-    outcomes: list[dict[str, Any]] = []
-    with exclusive_run(comparison.out_dir):
-        write_json(comparison.out_dir / plan.COMPARE_FILE, comparison.header())
-        try:
-            for seed in comparison.seeds:
-                _run_seed(comparison, seed, execute, train_dense or plan.train_dense, outcomes)
-        finally:
-            summary = {**comparison.header(), "runs": outcomes}
-            write_json(comparison.out_dir / plan.COMPARE_FILE, summary)
-    return summary
-
-
-def _run_seed(comparison: Comparison, seed: int, execute: Execute, train_dense: TrainDense, outcomes: list[dict[str, Any]]) -> None:
-    from pipeline.compare import plan
-    from pipeline.compare.methods import RATIO_SOURCE, method_config
-    from pipeline.stages import steps
-
-    base, data, total = comparison.base, comparison.data, len(comparison.methods) * len(comparison.seeds)
-    dense: Path | str | None = None  # the trained checkpoint, or why the dense baseline failed
-    fractions: dict[str, float] | None = None
-    for method in comparison.methods:
-        directory = plan.run_dir(comparison.out_dir, method, seed)
-        outcome: dict[str, Any] = {"method": method.label, "spec": method.spec, "seed": seed, "run_dir": str(directory),
-                                   "state": "not run", "reused": False, "error": None}  # fmt: skip
-        outcomes.append(outcome)
-        head = f"bmrs: [{len(outcomes)}/{total}] {method.label} seed {seed}"
-        if method.at_ratio_source and fractions is None:
-            outcome["error"] = f"not run: the {RATIO_SOURCE} run of seed {seed} has no report, so there are no per-layer fractions to prune at"
-            print(f"{head}: {outcome['error']}", file=sys.stderr)
-            continue
-        config = method_config(base, method, seed, fractions if method.at_ratio_source else None)
-        try:
-            found = plan.inspect(directory, config)
-        except ValueError as error:  # only where the ratio source's fractions changed since the check
-            outcome["error"] = f"refused: {error}"
-            print(f"{head}: {outcome['error']}", file=sys.stderr)
-            continue
-        if found is plan.Found.FINISHED:
-            outcome["reused"] = True
-            print(f"{head}: finished before, reusing {directory}")
-        else:
-            resume = found is plan.Found.BEGUN
-            if plan.needs_dense(config):
-                if dense is None:
-                    dense = _dense(comparison, seed, train_dense)
-                if isinstance(dense, str):
-                    outcome["error"] = f"not run: {dense}"
-                    print(f"{head}: {outcome['error']}", file=sys.stderr)
-                    continue
-            if found is plan.Found.NEW:
-                steps.start_run_dir(config, directory)
-            if plan.needs_dense(config):
-                resume = bool(plan.share_dense(plan.dense_dir(comparison.out_dir, seed), directory, config)) or resume
-            print(f"{head} {'resuming in' if found is plan.Found.BEGUN else '->'} {directory}")
-            try:
-                execute(config, directory, resume=resume)
-            except Exception as error:  # noqa: BLE001  (status.json records it; the other runs still run)
-                print(f"{head} failed ({type(error).__name__}: {error}); going on with the others", file=sys.stderr)
-        outcome.update(_outcome(directory))
-        if method.is_ratio_source and outcome["state"] in ("completed", "degraded"):
-            try:
-                fractions = plan.layer_fractions(config, data, directory)
-            except ValueError as error:  # a damaged checkpoint: CheckpointError names the file
-                print(f"{head}: its per-layer fractions cannot be read: {error}", file=sys.stderr)
-
-
-def _dense(comparison: Comparison, seed: int, train_dense: TrainDense) -> Path | str:
-    """Train (or load) seed ``seed``'s dense baseline; the checkpoint, or why it failed."""
-    from bmrs.train.checkpoint import read_checkpoint
-    from pipeline.compare import plan
-    from pipeline.seeds import seed_config
-
-    directory = plan.dense_dir(comparison.out_dir, seed)
-    checkpoint = directory / "baseline" / "checkpoint.pt"
-    try:
-        finished = checkpoint.is_file() and read_checkpoint(checkpoint).meta.get("finished") is True
-        what = "reusing" if finished else "training once, for every run of this seed:"
-        print(f"bmrs: dense baseline of seed {seed}: {what} {checkpoint}")
-        return train_dense(seed_config(comparison.base, seed), comparison.data, directory)
-    except Exception as error:  # noqa: BLE001  (a diverged baseline fails this seed's runs, not the others)
-        reason = f"the dense baseline of seed {seed} failed ({type(error).__name__}: {error}); rerun to continue it from {checkpoint}"
-        print(f"bmrs: {reason}", file=sys.stderr)
-        return reason
-
-
-def _outcome(directory: Path) -> dict[str, Any]:
-    """A run's state from its directory, as seed groups read it: completed and degraded runs have a
-    report (degraded: a sanity bound failed, its warning), any other run is failed with its error."""
-    import json
-
-    from pipeline.stages import steps
-
-    if (directory / "report.json").is_file():
-        warning = steps.degraded_warning(directory)
-        return {"state": "completed" if warning is None else "degraded", "error": warning}
-    try:
-        status = json.loads((directory / "status.json").read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        status = {}
-    error = status.get("error") if isinstance(status, dict) else None
-    return {"state": "failed", "error": error or "no report was written"}
-
-
 def finish(comparison: Comparison, summary: dict[str, Any]) -> int:
     """Write the comparison report, print how the runs ended; the exit status."""
     runs = summary["runs"]
     dirs = [Path(row["run_dir"]) for row in runs if (Path(row["run_dir"]) / "config.json").is_file()]
-    title = f"{comparison.base.name}: {', '.join(m.label for m in comparison.methods)} over seeds {comparison.seeds}"
+    model = f" [{comparison.base.model.name}]" if comparison.model_label else ""
+    title = f"{comparison.base.name}{model}: {', '.join(m.label for m in comparison.methods)} over seeds {comparison.seeds}"
     completed = [row for row in runs if row["state"] == "completed"]
     degraded = [row for row in runs if row["state"] == "degraded"]
     failed = [row for row in runs if row["state"] not in ("completed", "degraded")]
     for row in degraded:
         if row["reused"]:  # a run made now printed its own warning
-            print(f"bmrs: warning: {row['method']} seed {row['seed']}: {row['error']}", file=sys.stderr)
+            print(f"bmrs: warning: {comparison.prefix}{row['method']} seed {row['seed']}: {row['error']}", file=sys.stderr)
     counts = f"{len(completed)} of {len(runs)} runs completed" + (f", {len(degraded)} degraded" if degraded else "")
     written = True
-    try:
-        from pipeline.flow import comparison_report_flow  # the report, and Prefect artifacts of it
+    report_key = _report_key(title, dirs)
+    if _report_is_current(comparison.out_dir, report_key):
+        print(f"bmrs: {counts}; comparison report {comparison.out_dir / 'report.md'} (unchanged: made from these very runs)")
+    else:
+        try:
+            from pipeline.flow import comparison_report_flow  # the report, and Prefect artifacts of it
 
-        print(f"bmrs: {counts}; comparison report {comparison_report_flow(dirs, comparison.out_dir, title)}")
-    except (ImportError, ValueError, OSError) as error:  # ValueError: no run finished with its checks passed
-        print(f"bmrs: {counts}; the comparison report was not written: {error}", file=sys.stderr)
-        written = False
+            print(f"bmrs: {counts}; comparison report {comparison_report_flow(dirs, comparison.out_dir, title)}")
+            _record_report(comparison.out_dir, report_key)
+        except (ImportError, ValueError, OSError) as error:  # ValueError: no run finished with its checks passed
+            print(f"bmrs: {counts}; the comparison report was not written: {error}", file=sys.stderr)
+            written = False
     if failed:
-        listed = "; ".join(f"{row['method']} seed {row['seed']} ({row['error']})" for row in failed)
+        listed = "; ".join(f"{comparison.prefix}{row['method']} seed {row['seed']} ({row['error']})" for row in failed)
         print(f"bmrs: runs without a report: {listed}; the same `bmrs compare` command retries them", file=sys.stderr)
     if failed or not written:
         return EXIT_FAILED
     return EXIT_DEGRADED if degraded else 0
+
+
+def _report_key(title: str, run_dirs: list[Path]) -> str:
+    from pipeline import cache
+
+    return cache.report_key(title, run_dirs)
+
+
+def _report_is_current(out_dir: Path, key: str) -> bool:
+    """Whether ``out_dir``'s report was made from exactly these runs' reports by this reporting code:
+    then it is not rebuilt (nor Prefect started for it), which keeps a rerun of a finished sweep cheap."""
+    from pipeline import cache
+
+    written = (out_dir / "report.md").is_file() and (out_dir / "report.json").is_file()
+    return written and (cache.recorded(out_dir) or {}).get("report") == key
+
+
+def _record_report(out_dir: Path, key: str) -> None:
+    from bmrs.artifacts import write_json
+    from pipeline import cache
+
+    if (out_dir / "report.md").is_file() and (cache.recorded(out_dir) or {}).get("report") != key:
+        write_json(out_dir / cache.CACHE_FILE, {"report": key})
 
 
 def main(argv: Sequence[str] | None = None, execute: Execute | None = None) -> int:
@@ -299,6 +314,7 @@ def main(argv: Sequence[str] | None = None, execute: Execute | None = None) -> i
     parser = argparse.ArgumentParser(prog="bmrs")
     add_compare_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["compare", *(sys.argv[1:] if argv is None else argv)])
-    if execute is None:
-        from pipeline.cli import _execute as execute
-    return compare(args, execute)
+    from pipeline.cli import _execute, _prefect_environment
+
+    _prefect_environment()  # before Prefect is imported: it reads its settings once
+    return compare(args, execute or _execute)

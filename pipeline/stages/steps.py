@@ -64,16 +64,43 @@ class RunState(str, Enum):
 
 
 def new_run_dir(config: FlowConfig) -> Path:
-    return start_run_dir(config, Path(config.output.runs_dir) / config.name / new_run_id())
+    """A new run directory ``<runs_dir>/<flow>/<run-id>/``, never one another process also took."""
+    return _write_start(config, new_unique_dir(Path(config.output.runs_dir) / config.name))
 
 
 def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
 
 
+UNIQUE_DIR_ATTEMPTS = 1000
+
+
+def new_unique_dir(parent: Path) -> Path:
+    """Create and return a new folder of ``parent`` named by ``new_run_id()``. Two `bmrs run` of one
+    flow started in the same second into one runs directory draw the same time and, once in 65,536
+    times, the same random part: ``mkdir`` without ``exist_ok`` is atomic (on local and network file
+    systems alike), so exactly one process gets a name and the other takes the name with ``-2``
+    (``-3``, ...) appended, instead of both writing into one directory."""
+    parent.mkdir(parents=True, exist_ok=True)
+    run_id = new_run_id()
+    for attempt in range(1, UNIQUE_DIR_ATTEMPTS + 1):
+        candidate = parent / (run_id if attempt == 1 else f"{run_id}-{attempt}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate
+    raise FileExistsError(f"{UNIQUE_DIR_ATTEMPTS} run directories named {run_id}* already exist in {str(parent)!r}; "
+                          "wait a second and start the run again")  # fmt: skip
+
+
 def start_run_dir(config: FlowConfig, run_dir: Path) -> Path:
     """Create ``run_dir`` (it must not exist yet) holding ``config.json`` and a running status."""
     run_dir.mkdir(parents=True, exist_ok=False)
+    return _write_start(config, run_dir)
+
+
+def _write_start(config: FlowConfig, run_dir: Path) -> Path:
     write_json(run_dir / "config.json", config.to_dict())
     set_status(run_dir, RunState.RUNNING)
     return run_dir
@@ -270,6 +297,7 @@ def report_stage(
     """``post_training``: the post-training stage's summary; null in the report when it did not run.
     ``checks``: ``checks_stage``'s result; when a bound failed the run ends ``degraded``, its warning
     in ``status.json``. ``energy``: ``pipeline.stages.energy``'s section; null when energy is off."""
+    pruned = dict(pruned)  # the caller's dict stays whole: a retried stage gets the same one again
     pruned_onnx = pruned.pop("onnx")
     report = {
         "flow": config.name,
