@@ -25,6 +25,35 @@ fine-tuning a trained network, and say so where they do not:
   per example, so ``kl_scale = 1`` targets the true posterior (the paper's SVI objective).
 * ``init_std = 1e-3``: the posterior starts narrow around the trained weights, so the first epochs
   behave like the trained network; SVI widens ``s`` where the data allow.
+
+Measured on Fashion-MNIST (48,000 training images, batch 128: 375 steps per epoch), the paper's
+MLP (1 hidden layer of 150) trained dense for 5 epochs by ``bmrs.train.train_`` (test accuracy
+86.90%, NLL 0.371, ECE 0.013), then ``sparsify_`` with these defaults (10 + 4 x 5 epochs, 187 s on
+one thread):
+
+* Adam moves every log-std by about ``lr`` per step, and here it does so for every weight alike:
+  the posterior std grew 1.45-fold per epoch (= e^(375 lr)), its 10th and 90th percentiles equal
+  to three digits, from 1e-3 to 0.040 after the 10 fit epochs, still rising (0.06 at the end). The
+  first dF step therefore sees a common, unconverged ``s``; with ``e -> 0`` it removes the weights
+  with ``|m| < s sqrt(2 ln(g / s))``, 0.054 at ``s = 0.04``, after SVI has shrunk the means of the
+  weights the data do not need.
+* Result: 93.4% of the weights removed in round 1, 95.0% after round 4 (rounds of 111,280, 1,281,
+  312 and 265 weights); test accuracy 87.18%, NLL 0.359, ECE 0.005: better than the dense start on
+  all three. A dF step took 2-8 ms, an SVI epoch 5-8 s.
+* Letting the log-stds converge does not help: a learning rate of 1e-2 for the log-stds alone (the
+  relative step bmr4pml's posterior scales get: they live in units of the prior scale, at lr 1e-2)
+  brings the std to the prior's 0.1 within 2 epochs, where the posterior of most weights is the
+  prior and ``dF`` is 0: the data cannot tell keeping from removing them. It removed 40.6% in round
+  1 and 82.7% after round 4, test 86.37%, NLL 0.374, ECE 0.007. ``init_std = 1e-2`` (bmr4pml's
+  start, a tenth of the prior std) removed 66.3% then 89.9%, test 86.81%, NLL 0.363, ECE 0.012.
+  Hence the defaults are kept.
+* What the defaults remove depends on the number of optimiser steps before each dF step (``s``
+  about ``init_std * exp(lr * steps)``), not on epochs: on data with fewer steps per epoch the first
+  dF step sees narrower posteriors and removes fewer weights; give ``epochs`` more there.
+* bmr4pml itself prunes where ``dF > zeta``, ``zeta`` the expected log prior odds of a weight being
+  kept under a Beta(1, 1) hyperprior on the kept fraction, updated four times from the dF values
+  (``prune_spike_and_slab``; its comment names ``dF > 0`` as the alternative used here): once most
+  weights look prunable, ``zeta < 0`` also removes weights whose posterior equals their prior.
 """
 from __future__ import annotations
 
