@@ -44,7 +44,10 @@ from benchmarks.latency_report import (  # noqa: F401  (re-exported: the latency
     DENSE_NAME,
     PERCENTILE_METHOD,
     PRUNED_NAME,
+    SPEEDUP_BLOCKS_KEY,
     SPEEDUP_KEY,
+    SPEEDUP_MAX_KEY,
+    SPEEDUP_MIN_KEY,
     BatchResult,
     LatencyReport,
     LatencyStats,
@@ -52,6 +55,7 @@ from benchmarks.latency_report import (  # noqa: F401  (re-exported: the latency
     Runtime,
     ScheduledRun,
     _speedup,
+    block_speedups,
 )
 
 if TYPE_CHECKING:
@@ -133,7 +137,9 @@ def measure_latency(
     """Time every model on every provider and batch size, runs interleaved.
 
     Models run round-robin in mapping order. With names "dense" and "pruned"
-    the report carries speedup_p50 = p50(dense) / p50(pruned).
+    the report carries speedup_p50 = p50(dense) / p50(pruned), and its range
+    over blocks of consecutive repeats (speedup_p50_min / _max; see
+    ``latency_report.SPEEDUP_BLOCKS``).
     """
     paths = _check_models(models)
     shape = _check_input_shape(input_shape)
@@ -254,7 +260,7 @@ def _measure(
         for batch_size, x in inputs.items():
             samples = time_batch(runtime, x, schedule)
             stats = tuple((name, LatencyStats.from_ns(ns, batch_size)) for name, ns in samples.items())
-            batches.append(BatchResult(batch_size, stats, _speedup(dict(stats))))
+            batches.append(BatchResult(batch_size, stats, _speedup(dict(stats)), block_speedups(samples)))
         results.append(ProviderResult(runtime, tuple(batches)))
     return tuple(results), tuple(schedule) if schedule is not None else None
 
@@ -298,7 +304,7 @@ def _check_config(config: object) -> None:
 def _check_name(name: object) -> None:
     if not isinstance(name, str) or not name:
         raise TypeError(f"Model names must be non-empty strings, got {name!r}.")
-    if name == SPEEDUP_KEY:
+    if name in (SPEEDUP_KEY, SPEEDUP_MIN_KEY, SPEEDUP_MAX_KEY, SPEEDUP_BLOCKS_KEY):
         raise ValueError(f"Model name {name!r} is reserved for the speedup ratio; rename the model.")
 
 

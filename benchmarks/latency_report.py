@@ -21,8 +21,18 @@ Runtime = Provider | TorchDevice
 # numpy versions and so the report can state how percentiles were computed.
 PERCENTILE_METHOD = "linear"
 
-# Reserved key in the per-batch dictionary of LatencyReport.to_dict().
+# Reserved keys in the per-batch dictionary of LatencyReport.to_dict().
 SPEEDUP_KEY = "speedup_p50"
+SPEEDUP_MIN_KEY = "speedup_p50_min"
+SPEEDUP_MAX_KEY = "speedup_p50_max"
+SPEEDUP_BLOCKS_KEY = "speedup_p50_blocks"
+# The speed-up's own spread: the interleaved repeats cut into consecutive blocks, p50(dense) /
+# p50(pruned) in each. Block i of both models was timed over the same seconds, so each block's
+# ratio is a re-measurement under that moment's load, and their min-max is what timing the same two
+# files again can be expected to give. At most this many blocks, each of at least MIN_BLOCK_REPEATS
+# repeats (fewer repeats: no range is stated).
+SPEEDUP_BLOCKS = 5
+MIN_BLOCK_REPEATS = 10
 DENSE_NAME = "dense"
 PRUNED_NAME = "pruned"
 
@@ -55,6 +65,14 @@ class BatchResult:
     batch_size: int
     models: tuple[tuple[str, LatencyStats], ...]
     speedup_p50: float | None  # p50(dense) / p50(pruned); None without both names
+    # The same ratio in each block of consecutive interleaved repeats (SPEEDUP_BLOCKS); () when
+    # there are too few repeats for two blocks, or no dense/pruned pair.
+    speedup_p50_blocks: tuple[float, ...] = ()
+
+    @property
+    def speedup_p50_range(self) -> tuple[float, float] | None:
+        """(min, max) of the blocks' speed-ups: the spread of ``speedup_p50`` within this measurement."""
+        return (min(self.speedup_p50_blocks), max(self.speedup_p50_blocks)) if self.speedup_p50_blocks else None
 
     def stats(self, model: str) -> LatencyStats:
         """``model``'s latency at this batch size; ValueError naming the models timed otherwise."""
@@ -122,6 +140,10 @@ class LatencyReport:
                 entry: dict = {name: stats.to_dict() for name, stats in batch.models}
                 if _has_dense_and_pruned(dict(batch.models)):
                     entry[SPEEDUP_KEY] = _json_float(batch.speedup_p50)
+                    if batch.speedup_p50_range is not None:
+                        low, high = batch.speedup_p50_range
+                        entry[SPEEDUP_MIN_KEY], entry[SPEEDUP_MAX_KEY] = _json_float(low), _json_float(high)
+                        entry[SPEEDUP_BLOCKS_KEY] = [_json_float(ratio) for ratio in batch.speedup_p50_blocks]
                 per_batch[str(batch.batch_size)] = entry
             by_provider[result.provider.value] = per_batch
         out = {
@@ -171,6 +193,24 @@ def _speedup(stats: Mapping[str, LatencyStats]) -> float | None:
     if pruned <= 0:
         return None
     return stats[DENSE_NAME].p50_ms / pruned
+
+
+def block_speedups(samples_ns: Mapping[str, np.ndarray]) -> tuple[float, ...]:
+    """p50(dense) / p50(pruned) over each block of consecutive repeats (see ``SPEEDUP_BLOCKS``).
+    ``samples_ns``: each model's timings in repeat order, the models timed in turn per repeat."""
+    if DENSE_NAME not in samples_ns or PRUNED_NAME not in samples_ns:
+        return ()
+    dense, pruned = np.asarray(samples_ns[DENSE_NAME]), np.asarray(samples_ns[PRUNED_NAME])
+    blocks = min(SPEEDUP_BLOCKS, min(dense.size, pruned.size) // MIN_BLOCK_REPEATS)
+    if blocks < 2:
+        return ()
+    ratios = []
+    for dense_block, pruned_block in zip(np.array_split(dense, blocks), np.array_split(pruned, blocks)):
+        pruned_p50 = float(np.percentile(pruned_block, 50, method=PERCENTILE_METHOD))
+        if pruned_p50 <= 0:
+            return ()  # below timer resolution, as _speedup
+        ratios.append(float(np.percentile(dense_block, 50, method=PERCENTILE_METHOD)) / pruned_p50)
+    return tuple(ratios)
 
 
 def _json_float(value: float | None) -> float | None:

@@ -27,7 +27,13 @@ def _speedup(group: Group, batch: int) -> str:
     stat = group.metrics.get(f"speedup_p50_b{batch}")
     if not stat:
         return NA
-    return times(stat["mean"]) + (f" ± {stat['std']:.2f}" if stat["n"] > 1 else "")
+    # Two decimals throughout: beside a std and a range of two decimals, 1.155 shown as 1.2x would
+    # lie outside its own range.
+    text = f"{stat['mean']:.2f}x" + (f" ± {stat['std']:.2f}" if stat["n"] > 1 else "")
+    lows, highs = group.metrics.get(f"speedup_p50_min_b{batch}"), group.metrics.get(f"speedup_p50_max_b{batch}")
+    if lows and highs:  # how far timing the same files again moved it, within the runs
+        text += f" ({min(lows['values']):.2f}-{max(highs['values']):.2f})"
+    return text
 
 
 def _seeds(group: Group) -> str:
@@ -67,7 +73,8 @@ def _notes(comparison: Comparison) -> list[str]:
     else:
         lines.append(f"Latency: median (p50) per batch through {fig.runtime_short(comparison.runtime)} "
                      f"({comparison.runtime}); speed-up: the mean over the runs of dense p50 / pruned p50, the two "
-                     "timed interleaved within each run.")
+                     "timed interleaved within each run; in brackets, where it stated them, the lowest and highest ratio "
+                     "any run measured over blocks of its repeats (how far timing the same files again moves it).")
     batches = _energy_batches(comparison)
     if batches:
         lines.append(f"Energy and CO2 per 1,000 inferences at batch {', '.join(map(str, batches))}; training energy: "

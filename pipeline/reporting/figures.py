@@ -181,7 +181,8 @@ def stage_energy(report: Mapping[str, Any], stages: tuple[str, ...], key: str = 
 
 def model_figures(report: Mapping[str, Any], model: str, runtime: str | None, batches: list[int]) -> dict[str, float | None]:
     """The figures of one model ("dense" or "pruned") of a run, flat, as comparisons aggregate them.
-    Latency keys carry the batch size: ``p50_ms_b256``, ``throughput_per_s_b256``, ``speedup_p50_b256``."""
+    Latency keys carry the batch size: ``p50_ms_b256``, ``throughput_per_s_b256``, ``speedup_p50_b256``
+    (and its run's own range, ``speedup_p50_min_b256`` / ``speedup_p50_max_b256``, when stated)."""
     part = section(report, model) or {}
     onnx = section(report, "onnx") if model == "pruned" else section(report, "dense", "onnx")
     figures: dict[str, float | None] = {
@@ -198,6 +199,8 @@ def model_figures(report: Mapping[str, Any], model: str, runtime: str | None, ba
         figures[f"throughput_per_s_b{batch}"] = latency_value(report, runtime, batch, f"{model}_throughput_per_s")
         if model == "pruned":
             figures[f"speedup_p50_b{batch}"] = latency_value(report, runtime, batch, "speedup_p50")
+            for end in ("min", "max"):  # the run's own spread, over blocks of its repeats
+                figures[f"speedup_p50_{end}_b{batch}"] = latency_value(report, runtime, batch, f"speedup_p50_{end}")
     figures["energy_j_per_1k"] = inference_energy(report, model, "j_per_1k")
     figures["co2_g_per_1k"] = inference_energy(report, model, "g_co2_per_1k")
     figures["training_energy_kwh"] = stage_energy(report, TRAINING_STAGES if model == "pruned" else DENSE_TRAINING_STAGES)

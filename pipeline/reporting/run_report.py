@@ -198,9 +198,17 @@ def _latency(report: Mapping[str, Any]) -> list[str]:
                 return fig.latency_value(report, runtime, batch, key)
 
             percentiles = [significant(value(f"{model}_{stat}_ms")) for stat in ("p50", "p90", "p99") for model in fig.MODELS]
-            rows.append([str(batch), *percentiles, times(value("speedup_p50")),
+            spread = (value("speedup_p50_min"), value("speedup_p50_max"))
+            speedup = times(value("speedup_p50")) + (f" ({spread[0]:.2f}-{spread[1]:.2f})" if None not in spread else "")
+            rows.append([str(batch), *percentiles, speedup,
                          significant(value("dense_throughput_per_s")), significant(value("pruned_throughput_per_s"))])
         lines += [f"### {fig.runtime_short(runtime)} ({runtime})", "", *table(header, rows), ""]
+    lines += ["Speed-up p50: dense p50 / pruned p50, the two timed interleaved; in brackets the lowest and "
+              "highest of the same ratio over blocks of consecutive repeats, its spread within this measurement.", ""]
+    remeasured = report.get("latency_remeasured")
+    if isinstance(remeasured, list) and remeasured:
+        lines += [f"Re-measured {len(remeasured)} time(s) after the run (`bmrs report --remeasure-latency`), last "
+                  f"{remeasured[-1].get('time')}; the figures it replaced are in report.json's latency_remeasured.", ""]
     missing = [name for name in ("torch-cpu", "torch-cuda") if name not in latency]
     if missing:
         lines += [f"PyTorch eager ({', '.join(missing)}): not measured in this run "

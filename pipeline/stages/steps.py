@@ -262,6 +262,8 @@ def latency_stage(config: FlowConfig, data: DataBundle, run_dir: Path) -> dict[s
                 **{f"{name}_{stat}": row[name][stat] for stat in ("p50_ms", "p90_ms", "p99_ms") for name in ("dense", "pruned")},
                 **{f"{name}_throughput_per_s": row[name]["throughput_per_s"] for name in ("dense", "pruned")},
                 "speedup_p50": row.get("speedup_p50"),
+                # its spread within this measurement: min and max over blocks of the repeats
+                **{key: row[key] for key in ("speedup_p50_min", "speedup_p50_max") if key in row},
             }
             for batch, row in by_batch.items()
         }

@@ -64,10 +64,18 @@ def test_stated_figures_from_the_runs_when_there_is_no_comparison_report():
     stated = stated_figures(per_run, None, NAMES)
     assert stated[speedup_key(1)]["mean"] == pytest.approx(1.3)
     assert stated[speedup_key(1)]["std"] == pytest.approx(0.1414213, rel=1e-5)
-    assert stated[speedup_key(1)]["range"] == 0.0  # a speed-up states no per-run range
+    assert stated[speedup_key(1)]["range"] == 0.0  # runs measured before speed-ups stated a range
     assert stated[ENERGY_RATIO]["mean"] == pytest.approx(1.0)
     assert stated[ENERGY_RATIO]["range"] == pytest.approx(0.1)
     assert stated[ENERGY_RATIO]["source"] == "runs' report.json"
+
+
+def test_a_runs_speedup_range_is_its_blocks_min_and_max():
+    report = _report(1.2, 1.1, 0.9, 0.8, 1.0)
+    report["latency"][RUNTIME]["256"].update(speedup_p50_min=1.02, speedup_p50_max=1.25)
+    stated = run_stated(report, RUNTIME, [1, 256])
+    assert stated[speedup_key(256)] == {"value": 1.1, "low": 1.02, "high": 1.25}
+    assert stated_figures([stated], None, NAMES)[speedup_key(256)]["range"] == pytest.approx(0.15)
 
 
 def test_stated_figures_prefer_the_comparison_group(tmp_path: Path):

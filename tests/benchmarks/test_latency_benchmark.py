@@ -262,3 +262,34 @@ def test_torch_cuda_rows_name_the_gpu_and_leave_the_modules_on_the_cpu(modules, 
         assert set(entry) == {"dense", "pruned", "speedup_p50"} and entry["dense"]["p50_ms"] > 0
     assert [run["provider"] for run in d["schedule"]] == [TORCH_CPU] * 40 + [TorchDevice.CUDA.value] * 40
     assert all(p.device.type == "cpu" for m in modules.values() for p in m.parameters())
+
+
+def test_block_speedups_are_the_p50_ratio_within_each_block_of_repeats():
+    from benchmarks.latency_report import MIN_BLOCK_REPEATS, SPEEDUP_BLOCKS, block_speedups
+
+    # Dense always takes twice the pruned time, but the machine slows down 3x halfway through:
+    # every block still states 2x, and the blocks follow the repeats' order.
+    repeats = SPEEDUP_BLOCKS * MIN_BLOCK_REPEATS
+    load = np.where(np.arange(repeats) < repeats // 2, 1.0, 3.0)
+    pruned = (1_000_000 * load).astype(np.int64)
+    ratios = block_speedups({"dense": 2 * pruned, "pruned": pruned})
+    assert ratios == pytest.approx([2.0] * SPEEDUP_BLOCKS)
+    # One block with a slow pruned model shows as that block's ratio alone.
+    skewed = pruned.copy()
+    skewed[:MIN_BLOCK_REPEATS] *= 2
+    assert block_speedups({"dense": 2 * pruned, "pruned": skewed}) == pytest.approx([1.0] + [2.0] * (SPEEDUP_BLOCKS - 1))
+    # Too few repeats for two blocks, or no dense/pruned pair: no range is stated.
+    assert block_speedups({"dense": pruned[: 2 * MIN_BLOCK_REPEATS - 1], "pruned": pruned[: 2 * MIN_BLOCK_REPEATS - 1]}) == ()
+    assert block_speedups({"a": pruned, "b": pruned}) == ()
+
+
+def test_report_states_the_speedups_range_over_blocks(onnx_models, input_shape):
+    config = LatencyConfig(batch_sizes=(4,), warmup=1, repeats=20)
+    report = measure_latency(onnx_models, input_shape, config)
+    entry = report.to_dict()["by_provider"][CPU]["4"]
+    assert set(entry) == {"dense", "pruned", "speedup_p50", "speedup_p50_min", "speedup_p50_max", "speedup_p50_blocks"}
+    assert len(entry["speedup_p50_blocks"]) == 2
+    assert entry["speedup_p50_min"] == min(entry["speedup_p50_blocks"]) <= entry["speedup_p50_max"] == max(entry["speedup_p50_blocks"])
+    assert report.batch(4).speedup_p50_range == (entry["speedup_p50_min"], entry["speedup_p50_max"])
+    with pytest.raises(ValueError, match="reserved"):
+        measure_latency({"speedup_p50_min": onnx_models["dense"]}, input_shape, config)
