@@ -47,6 +47,9 @@ def run_metric_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
             "params": figures.get("params"),
             "macs": figures.get("flops"),
             "compression": figures.get("compression", 0.0 if model == "dense" else None),
+            "structured_compression": figures.get("structured_compression", 0.0 if model == "dense" else None),
+            "weight_sparsity": figures.get("weight_sparsity"),
+            "total_removed": figures.get("total_removed", 0.0 if model == "dense" else None),
             "onnx_bytes": (onnx or {}).get("bytes"),
         }
         for runtime, batches in (report.get("latency") or {}).items():

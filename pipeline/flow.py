@@ -1,9 +1,13 @@
 """The compression flow: Prefect tasks that call ``pipeline.stages`` and nothing else.
 
-    train (method) ─┐
-    train (dense) ──┼─> compress (fold, slice, ONNX + parity) ─> latency (ORT) ─> inference energy ─> [post-training] ─┐
-                    └─> dense reference (ONNX + parity) ──────────┘                                                    │
-                                                                                      report.json <─ checks <──────────┘
+    train (method) ─> [sparsify] ─┐
+    train (dense) ────────────────┼─> compress (fold, slice, ONNX + parity) ─> latency (ORT) ─> inference energy ─> [post-training] ─┐
+                                  └─> dense reference (ONNX + parity) ──────────┘                                                    │
+                                                                                                    report.json <─ checks <──────────┘
+
+``sparsify`` (``sparsify.enabled``: BMR on individual weights, ``pipeline.stages.sparsifying``)
+starts from the method's trained model, sliced, and removes single weights; compress then ships its
+model, dense-with-zeros, with the sizes a sparse encoding of it would have.
 
 Each ONNX file is compared with the PyTorch model whose accuracy is reported (the masked model, the
 dense baseline) on real test examples, and the reported metrics are measured on the file through ONNX
@@ -11,9 +15,10 @@ Runtime; a mismatch fails the run, keeping the trained stages. ``checks`` applie
 (``FlowConfig.checks``): a model near chance or far below the dense reference ends the run
 ``degraded``, its report still written.
 
-With ``energy.enabled`` one codecarbon tracker measures the stages (training, fine-tuning, the dense
-reference's training, slicing and export, benchmarking) and the inference energy of both models
-(``pipeline.stages.energy``); a tracker that fails leaves its figures missing, never the run.
+With ``energy.enabled`` one codecarbon tracker measures the stages (training, fine-tuning,
+sparsification, the dense reference's training, slicing and export, benchmarking) and the inference
+energy of both models (``pipeline.stages.energy``); a tracker that fails leaves its figures missing,
+never the run.
 
 Each run ends by publishing Prefect artifacts (``pipeline.artifacts``): report.md, a table of the
 metrics and links to the ONNX files and plots, so that Prefect's UI shows more than task states.
@@ -34,8 +39,9 @@ from pipeline.artifacts import artifact_key, comparison_rows, file_links, publis
 from pipeline.stages import shipping, steps
 from pipeline.config import FlowConfig
 from pipeline.retrying import task_options
-from pipeline.stages.energy import BENCHMARKING, SLICING_EXPORT, inference_energy_stage, run_energy
+from pipeline.stages.energy import BENCHMARKING, SLICING_EXPORT, SPARSIFY, inference_energy_stage, run_energy
 from pipeline.stages.post_training import post_training_stage
+from pipeline.stages.sparsifying import sparsify_stage
 
 # Models and datasets are not hashable inputs; every stage writes its result into the run directory,
 # and a comparison reuses a whole run directory by its recorded key (pipeline.cache), so Prefect's
@@ -46,6 +52,7 @@ stage = task(cache_policy=NO_CACHE, persist_result=False)
 io_stage = task(cache_policy=NO_CACHE, persist_result=False, **task_options())
 
 train_task = stage(steps.train_stage, name="train")
+sparsify_task = stage(sparsify_stage, name="sparsify")
 compress_task = io_stage(shipping.compress_stage, name="compress")
 dense_task = io_stage(shipping.dense_stage, name="dense-reference")
 latency_task = stage(steps.latency_stage, name="latency")
@@ -57,14 +64,19 @@ report_task = io_stage(steps.report_stage, name="report")
 
 @flow(name="bmrs-compress", persist_result=False, log_prints=True)
 def compress_flow(config: FlowConfig, run_dir: Path, resume: bool = False) -> Path:
-    """``resume``: the run directory holds an interrupted run of ``config``; training stages continue
-    from their checkpoints (finished ones are not redone), finished post-training curves are kept,
+    """``resume``: the run directory holds an interrupted run of ``config``; training stages (the
+    sparsify stage too) continue from their checkpoints (finished ones are not redone), finished
+    post-training curves are kept,
     the other stages run again (each stage's energy adds the resumed part to the interrupted one)."""
     started = time.perf_counter()
     data = steps.load_data(config)
     with run_energy(config, run_dir, resume=resume) as energy:
         with energy.training_phases(baseline=False) as on_phase:
             pruned_checkpoint = train_task(config, data, run_dir, baseline=False, resume=resume, on_phase=on_phase)
+        sparsified = None
+        if config.sparsify.enabled:
+            with energy.stage(SPARSIFY):
+                sparsified = sparsify_task(config, data, run_dir, pruned_checkpoint, resume=resume)
         dense_checkpoint = None
         if config.baseline.enabled:
             with energy.training_phases(baseline=True) as on_phase:
@@ -78,7 +90,8 @@ def compress_flow(config: FlowConfig, run_dir: Path, resume: bool = False) -> Pa
         curves = post_training_task(config, data, run_dir, resume=resume) if config.post_training.enabled else None
         checks = checks_task(config, data, run_dir, dense, pruned)
         report = report_task(
-            config, run_dir, dense, pruned, latency, time.perf_counter() - started, curves, checks, energy.report(inference)
+            config, run_dir, dense, pruned, latency, time.perf_counter() - started, curves, checks, energy.report(inference),
+            sparsified,
         )
     publish_run_artifacts(config, run_dir, report)
     return report

@@ -1,17 +1,23 @@
-"""``bmrs compare --methods`` specs -> the ``train.criterion`` each run is made with.
+"""``bmrs compare --methods`` specs -> the ``train.criterion`` (and ``sparsify.enabled``) each run is made with.
 
 A spec is ``none`` (the dense model: ``train.criterion: null``), a registered criterion's name
 (``bmrs_n``), ``name:VALUE`` (BMRS_U's ``p1``: ``bmrs_u:8``) or ``name:key=value[,key=value]``
-(``bmrs_u:p1=4``, ``snr:threshold=2``); values are YAML, as in ``--set``. Every spec is checked by
-building the flow's ``FlowConfig`` with it, through the builder ``--set train.criterion=...`` goes
-through, so a bad setting is refused with the same words, before anything is written.
+(``bmrs_u:p1=4``, ``snr:threshold=2``); values are YAML, as in ``--set``. ``bmr_weights`` is BMR on
+the dense model's individual weights (``train.criterion: null``, ``sparsify.enabled: true``), and a
+criterion's spec followed by ``+bmr_weights`` (``bmrs_u:8+bmr_weights``) is the combined mode: that
+criterion prunes structures, then BMR the surviving weights. Every method sets ``sparsify.enabled``
+(false for the others), whatever the flow says; the sparsify settings themselves are the flow's.
+Every spec is checked by building the flow's ``FlowConfig`` with it, through the builder ``--set
+train.criterion=...`` goes through, so a bad setting is refused with the same words, before
+anything is written.
 
 A criterion with ``layer_ratios`` (l2, grad) given neither ``ratio`` nor ``layer_ratios`` prunes, per
 noise layer, the fraction the same seed's ``bmrs_n`` run ended with (the paper's protocol, as in
 ``benchmarks.paper.table1``): ``Method.at_ratio_source``; the fractions are filled in per seed.
 Unlike table1, which also moves their pruning to after the last training epoch (``prune_start =
-epochs``), they keep the flow's schedule: a method changes ``train.criterion`` and nothing else, so
-every run of a seed has the same dense baseline (whose checkpoint records every training setting).
+epochs``), they keep the flow's schedule: a method changes ``train.criterion`` and
+``sparsify.enabled`` and nothing else, so every run of a seed has the same dense baseline (whose
+checkpoint records every training setting), and ``bmr_weights`` starts from that very model.
 """
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ import yaml
 
 from bmrs.criteria import CRITERIA, criterion_settings
 from pipeline.config import ConfigError, FlowConfig, flow_config_from_dict
-from pipeline.config.schema import DENSE_METHOD
+from pipeline.config.schema import DENSE_METHOD, WEIGHT_METHOD
 
 RATIO_SOURCE = "bmrs_n"  # the method whose per-layer fractions l2 and grad prune at
 RATIO_SETTINGS = ("ratio", "layer_ratios")  # given either, a fixed-fraction criterion keeps it
@@ -43,20 +49,27 @@ class Method:
     criterion: dict[str, Any] | None  # train.criterion as a config tree holds it; None: the dense model
     at_ratio_source: bool = False  # its layer_ratios are the same seed's bmrs_n fractions
     is_ratio_source: bool = False  # bmrs_n at its defaults: its fractions are those the others prune at
+    sparsify: bool = False  # BMR on weights after training (sparsify.enabled): bmr_weights, or name+bmr_weights
 
     @property
     def name(self) -> str:
-        return DENSE_METHOD if self.criterion is None else self.criterion["name"]
+        """As ``FlowConfig.method`` names it: ``none``, ``bmrs_u``, ``bmr_weights``, ``bmrs_u+bmr_weights``."""
+        structured = None if self.criterion is None else self.criterion["name"]
+        if not self.sparsify:
+            return DENSE_METHOD if structured is None else structured
+        return WEIGHT_METHOD if structured is None else f"{structured}+{WEIGHT_METHOD}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"spec": self.spec, "label": self.label, "method": self.name, "criterion": self.criterion,
-                "layer_ratios_from": RATIO_SOURCE if self.at_ratio_source else None, "ratio_source": self.is_ratio_source}  # fmt: skip
+                "sparsify": self.sparsify, "layer_ratios_from": RATIO_SOURCE if self.at_ratio_source else None,
+                "ratio_source": self.is_ratio_source}  # fmt: skip
 
 
 def known_methods() -> str:
     return (
-        f"known methods: {', '.join([DENSE_METHOD, *CRITERIA])}; write name:VALUE for bmrs_u's p1 (bmrs_u:8), "
-        "name:key=value[,key=value] for any setting (snr:threshold=2)"
+        f"known methods: {', '.join([DENSE_METHOD, *CRITERIA, WEIGHT_METHOD])}; write name:VALUE for bmrs_u's p1 "
+        "(bmrs_u:8), name:key=value[,key=value] for any setting (snr:threshold=2), and a criterion's spec then "
+        f"+{WEIGHT_METHOD} for structures first, then weights (bmrs_u:8+{WEIGHT_METHOD})"
     )
 
 
@@ -93,11 +106,14 @@ def _settings(spec: str, name: str, rest: str) -> dict[str, Any]:
     return settings
 
 
-def with_criterion(base: FlowConfig, criterion: dict[str, Any] | None) -> FlowConfig:
-    """``base`` with ``train.criterion`` replaced, built from its config tree exactly as
-    ``--set train.criterion=...`` builds it (``ConfigError`` naming the setting when it is bad)."""
+def with_criterion(base: FlowConfig, criterion: dict[str, Any] | None, *, sparsify: bool | None = None) -> FlowConfig:
+    """``base`` with ``train.criterion`` replaced (and ``sparsify.enabled``, unless None), built from
+    its config tree exactly as ``--set train.criterion=...`` builds it (``ConfigError`` naming the
+    setting when it is bad)."""
     tree = base.to_dict()
     tree["train"]["criterion"] = None if criterion is None else dict(criterion)
+    if sparsify is not None:
+        tree["sparsify"]["enabled"] = sparsify
     return flow_config_from_dict(json.loads(json.dumps(tree)))
 
 
@@ -117,8 +133,31 @@ def parse_method(spec: str, base: FlowConfig) -> Method:
     if not isinstance(spec, str) or not spec.strip():
         raise _bad(str(spec), "empty method")
     text = spec.strip()
+    structured, plus, tail = text.rpartition("+")
+    if not plus or tail.strip() != WEIGHT_METHOD:
+        return _parse_one(spec, text, base)
+    structured = structured.strip()
+    if not structured:
+        raise _bad(spec, f"nothing precedes '+{WEIGHT_METHOD}'; write {WEIGHT_METHOD} alone for the dense model's weights")
+    if structured in (DENSE_METHOD, WEIGHT_METHOD):
+        raise _bad(spec, f"write {WEIGHT_METHOD} alone: it is BMR on the dense model's weights")
+    if structured.rpartition("+")[2].strip() == WEIGHT_METHOD:
+        raise _bad(spec, f"names +{WEIGHT_METHOD} twice")
+    method = _parse_one(spec, structured, base)
+    # The structured method's settings are checked above; BMR's own are the flow's sparsify section.
+    return replace(method, spec=text, label=f"{method.label}+{WEIGHT_METHOD}", sparsify=True)
+
+
+def _parse_one(spec: str, text: str, base: FlowConfig) -> Method:
+    """``text`` (the spec, or its part before ``+bmr_weights``) as a method; errors name ``spec``."""
     name, colon, rest = text.partition(":")
     name = name.strip()
+    if name == WEIGHT_METHOD:
+        if colon:
+            raise _bad(spec, f"{WEIGHT_METHOD!r} has no settings here; its settings are the flow's sparsify section "
+                             "(--set sparsify.key=value)")  # fmt: skip
+        with_criterion(base, None, sparsify=True)
+        return Method(spec=text, label=WEIGHT_METHOD, criterion=None, sparsify=True)
     if name == DENSE_METHOD:
         if colon:
             raise _bad(spec, f"{DENSE_METHOD!r} (the dense model) has no settings")
@@ -146,11 +185,11 @@ def parse_methods(specs: Sequence[str], base: FlowConfig) -> tuple[list[Method],
     if not specs:
         raise ValueError(f"--methods needs at least one method, e.g. --methods none bmrs_n l2; {known_methods()}")
     methods = [parse_method(spec, base) for spec in specs]
-    def key(method: Method) -> tuple[str, bool]:
+    def key(method: Method) -> tuple[str, bool, bool]:
         criterion = with_criterion(base, method.criterion).to_dict()["train"]["criterion"]
-        return json.dumps(criterion, sort_keys=True), method.at_ratio_source
+        return json.dumps(criterion, sort_keys=True), method.at_ratio_source, method.sparsify
 
-    seen: dict[tuple[str, bool], Method] = {}
+    seen: dict[tuple[str, bool, bool], Method] = {}
     for method in methods:
         first = seen.get(key(method)) or next((m for m in seen.values() if m.label == method.label), None)
         if first is not None:
@@ -173,12 +212,12 @@ def parse_methods(specs: Sequence[str], base: FlowConfig) -> tuple[list[Method],
 
 def method_config(base: FlowConfig, method: Method, seed: int, layer_ratios: dict[str, float] | None = None) -> FlowConfig:
     """The config of ``method``'s run for ``seed``: ``base`` with the method's criterion (and, for a
-    method at the ratio source's fractions, ``layer_ratios``) and ``train.seed``; nothing else changes,
-    so every run of a seed trains the same dense baseline."""
+    method at the ratio source's fractions, ``layer_ratios``), ``sparsify.enabled`` and ``train.seed``;
+    nothing else changes, so every run of a seed trains the same dense baseline."""
     criterion = method.criterion
     if method.at_ratio_source:
         if layer_ratios is None:
             raise ValueError(f"method {method.spec!r} needs the per-layer fractions of the {RATIO_SOURCE!r} run of seed {seed}")
         criterion = {**criterion, "layer_ratios": dict(layer_ratios)}
-    config = with_criterion(base, criterion)
+    config = with_criterion(base, criterion, sparsify=method.sparsify)
     return replace(config, train=replace(config.train, seed=seed))

@@ -15,7 +15,7 @@ model's modules and shapes, the data's digest) is the same too. The baseline is 
 each run of the seed gets a hard link (a copy across file systems) of it before it starts with
 ``resume=True``: its baseline stage finds a finished checkpoint it accepts and only loads it. The
 ``none`` method's pruned model is that dense model too (its ``train`` settings are the baseline's),
-so its ``train/`` gets the same file.
+so its ``train/`` gets the same file; so does ``bmr_weights``'s, which sparsifies that very model.
 """
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def dense_dir(out_dir: Path, seed: int) -> Path:
 
 
 def needs_dense(config: FlowConfig) -> bool:
-    """Whether a run uses the dense model: as its baseline, or (``none``) as its own model."""
+    """Whether a run uses the dense model: as its baseline, or (``none``, ``bmr_weights``) as its own model."""
     return config.baseline.enabled or config.train.criterion is None
 
 
@@ -153,8 +153,8 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def share_dense(directory: Path, run: Path, config: FlowConfig) -> list[Path]:
     """Give ``run`` the dense baseline of ``directory`` (a hard link, or a copy across file systems):
-    in ``baseline/`` when the run trains one, and in ``train/`` for the dense method, whose model it
-    is. A different file already there is replaced (the stages after training are redone on resume
+    in ``baseline/`` when the run trains one, and in ``train/`` for the methods without a criterion
+    (``none``, whose model it is, and ``bmr_weights``, which starts from it). A different file already there is replaced (the stages after training are redone on resume
     anyway). Returns the checkpoints placed."""
     source = Path(directory) / "baseline"
     folders = (["baseline"] if config.baseline.enabled else []) + (["train"] if config.train.criterion is None else [])

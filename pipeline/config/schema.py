@@ -27,6 +27,7 @@ from bmrs.models import MODELS, ModelConfig, NoiseInit
 from bmrs.train.post_training import PostTrainingConfig
 from bmrs.train import TrainConfig
 from bmrs.models.user import is_user_model, resolve_factory
+from bmrs.sparsify import SparsifyConfig, SparsifyOptimizer
 from export.onnx_export import OnnxConfig
 from pipeline.stages.checks import ChecksConfig
 from pipeline.config.flows_file import ConfigError, check_flow_name, copy_tree, parse_overrides, read_flows, set_dotted
@@ -37,6 +38,9 @@ __all__ = ["ConfigError", "FlowConfig", "flow_config_from_dict", "load_flow", "p
 
 # The method of a flow whose train.criterion is null: the paper's "None", a dense model (no noise, no pruning).
 DENSE_METHOD = "none"
+# BMR on individual weights (the ``sparsify`` section): the method's name alone, or after a criterion's
+# name with "+" when structured pruning runs first (``bmrs_u+bmr_weights``).
+WEIGHT_METHOD = "bmr_weights"
 
 
 NoiseConfig = NoiseInit  # the flow's ``noise`` section is the library's noise initialisation
@@ -97,6 +101,39 @@ class PostTrainingSection:
 
 
 @dataclass(frozen=True)
+class SparsifySection:
+    """BMR on individual weights (Markovic et al. 2023, ``bmrs.sparsify``) after the method's training:
+    on the dense model when ``train.criterion`` is null (the ``bmr_weights`` method), else on the
+    model the structured method sliced (combined). ``enabled`` turns the stage on; the other fields
+    are ``SparsifyConfig``'s settings with its defaults, bar three the flow decides: ``seed``
+    (``train.seed``), ``progress`` (``train.progress``) and ``device`` (the CPU the flow trains on)."""
+
+    enabled: bool = False
+    epochs: int = SparsifyConfig.epochs
+    finetune_epochs: int = SparsifyConfig.finetune_epochs
+    max_rounds: int = SparsifyConfig.max_rounds
+    spike_ratio: float = SparsifyConfig.spike_ratio
+    prior_std: float = SparsifyConfig.prior_std
+    output_prior_std: float = SparsifyConfig.output_prior_std
+    prune_output_layer: bool = SparsifyConfig.prune_output_layer
+    init_std: float = SparsifyConfig.init_std
+    lr: float = SparsifyConfig.lr
+    batch_size: int = SparsifyConfig.batch_size
+    optimizer: SparsifyOptimizer = SparsifyConfig.optimizer
+    kl_scale: float = SparsifyConfig.kl_scale
+    eval_batch_size: int = SparsifyConfig.eval_batch_size
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise TypeError(f"sparsify.enabled must be true or false, got {self.enabled!r}")
+        self.library_config(seed=0, progress=False)  # SparsifyConfig checks every setting, naming it
+
+    def library_config(self, *, seed: int, progress: bool) -> SparsifyConfig:
+        settings = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "enabled"}
+        return SparsifyConfig(**settings, seed=seed, progress=progress, device="cpu")
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     runs_dir: str = "runs"
 
@@ -116,6 +153,7 @@ class FlowConfig:
     post_training: PostTrainingSection = field(default_factory=PostTrainingSection)
     checks: ChecksConfig = field(default_factory=ChecksConfig)
     energy: EnergyRunConfig = field(default_factory=EnergyRunConfig)
+    sparsify: SparsifySection = field(default_factory=SparsifySection)
     # When `bmrs serve` runs the flow (pipeline.config.schedule); `bmrs run` ignores it.
     schedule: ScheduleConfig | None = None
 
@@ -124,7 +162,16 @@ class FlowConfig:
 
     @property
     def method(self) -> str:
-        return DENSE_METHOD if self.train.criterion is None else criterion_name(self.train.criterion)
+        """``none``, the criterion's name, ``bmr_weights`` (weights of the dense model), or
+        ``<criterion>+bmr_weights`` (structured pruning, then the surviving weights)."""
+        structured = None if self.train.criterion is None else criterion_name(self.train.criterion)
+        if not self.sparsify.enabled:
+            return DENSE_METHOD if structured is None else structured
+        return WEIGHT_METHOD if structured is None else f"{structured}+{WEIGHT_METHOD}"
+
+    def sparsify_config(self) -> SparsifyConfig:
+        """The library's settings of the ``sparsify`` stage: the section's, seeded by ``train.seed``."""
+        return self.sparsify.library_config(seed=self.train.seed, progress=self.train.progress)
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(self)

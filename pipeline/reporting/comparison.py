@@ -26,12 +26,16 @@ from pipeline.reporting.text import json_safe, number, settings_text
 _SEED_ONLY = ("train.seed", "train.progress", "output.", "name")
 _VARYING = ("dataset", "model", "kl_weighting", "finetune_noise")  # added to a label when they vary
 UNITS = {
-    "accuracy": "fraction of test examples", "compression": "fraction of parameters removed",
+    "accuracy": "fraction of test examples",
+    "compression": "fraction of parameters removed (with BMR on weights: structures and weights together, as total_removed)",
+    "structured_compression": "fraction of parameters removed by slicing structures",
+    "weight_sparsity": "fraction of the shipped Linear/Conv2d weights that are exactly 0",
+    "total_removed": "1 - nonzero parameters of the shipped model / parameters of the dense model",
     "nll": "nats per example", "ece": "expected calibration error, 15 equal-width confidence bins",
     "flops": "multiply-accumulates per example", "onnx_bytes": "bytes of the ONNX file",
     "p50_ms_b<batch>": "median milliseconds per batch", "throughput_per_s_b<batch>": "examples per second at the median",
     "speedup_p50_b<batch>": "dense p50 / pruned p50 within each run", "energy_j_per_1k": "joules per 1,000 inferences",
-    "co2_g_per_1k": "grams CO2 per 1,000 inferences", "training_energy_kwh": "kWh of the training and fine-tuning stages",
+    "co2_g_per_1k": "grams CO2 per 1,000 inferences", "training_energy_kwh": "kWh of the training, fine-tuning and sparsify stages",
 }  # fmt: skip
 PLOTS = ("accuracy_vs_compression.png", "latency_vs_accuracy.png", "energy_per_1k.png")
 

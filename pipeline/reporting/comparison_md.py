@@ -47,14 +47,17 @@ def _energy_batches(comparison: Comparison) -> list[int]:
 
 
 def main_table(comparison: Comparison) -> list[str]:
-    header = ["method", "n (seeds)", "accuracy", "NLL", "ECE", "compression", "params", "MACs", "ONNX bytes"]
+    header = ["method", "n (seeds)", "accuracy", "NLL", "ECE", "compression", "structured", "weight sparsity",
+              "total removed", "params", "MACs", "ONNX bytes"]
     for batch in comparison.batches:
         header += [f"p50 batch {batch} (ms)", f"speed-up batch {batch}"]
     header += ["energy per 1k inferences (J)", "CO2 per 1k inferences (g)", "training energy (kWh)"]
     rows = []
     for group in ([comparison.dense] if comparison.dense else []) + list(comparison.groups):
         row = [group.label, _seeds(group), _cell(group, "accuracy", percent), _cell(group, "nll", decimal),
-               _cell(group, "ece", decimal), _cell(group, "compression", percent), _cell(group, "params", count),
+               _cell(group, "ece", decimal), _cell(group, "compression", percent),
+               _cell(group, "structured_compression", percent), _cell(group, "weight_sparsity", percent),
+               _cell(group, "total_removed", percent), _cell(group, "params", count),
                _cell(group, "flops", count), _cell(group, "onnx_bytes", count)]
         for batch in comparison.batches:
             row += [_cell(group, f"p50_ms_b{batch}", significant), _speedup(group, batch)]
@@ -75,10 +78,15 @@ def _notes(comparison: Comparison) -> list[str]:
                      f"({comparison.runtime}); speed-up: the mean over the runs of dense p50 / pruned p50, the two "
                      "timed interleaved within each run; in brackets, where it stated them, the lowest and highest ratio "
                      "any run measured over blocks of its repeats (how far timing the same files again moves it).")
+    lines.append("Compression: the fraction of parameters removed; for BMR on weights (bmr_weights, <criterion>+bmr_weights) "
+                 "every parameter removed, structures and weights together (= total removed). Structured: removed by "
+                 "slicing; weight sparsity: the shipped Linear/Conv2d weights that are exactly 0, which the ONNX file "
+                 "stores dense (params, MACs and ONNX bytes count them) and ONNX Runtime's dense kernels multiply like any "
+                 "other weight.")
     batches = _energy_batches(comparison)
     if batches:
         lines.append(f"Energy and CO2 per 1,000 inferences at batch {', '.join(map(str, batches))}; training energy: "
-                     "the training and fine-tuning stages (the dense row: its baseline's training).")
+                     "the training, fine-tuning and sparsify stages (the dense row: its baseline's training).")
     if len(comparison.energy_words) == 1:
         lines.append(f"Energy: {comparison.energy_words[0][0]}")
     else:

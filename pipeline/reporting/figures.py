@@ -13,7 +13,7 @@ from pipeline.reporting.text import number, settings_text
 
 DENSE_METHOD = "none"  # FlowConfig.method of a run without a criterion (pipeline.config.schema.DENSE_METHOD)
 TORCH_PREFIX = "torch-"  # latency rows of PyTorch eager ("torch-cpu", "torch-cuda"); the others are ORT providers
-TRAINING_STAGES = ("training", "fine_tuning")
+TRAINING_STAGES = ("training", "fine_tuning", "sparsify")  # sparsify: BMR on weights, when it ran
 DENSE_TRAINING_STAGES = ("baseline_training",)
 MODELS = ("dense", "pruned")
 
@@ -42,6 +42,12 @@ def method_label(report: Mapping[str, Any]) -> str:
 
 def is_dense_method(report: Mapping[str, Any]) -> bool:
     return report.get("method") == DENSE_METHOD
+
+
+def is_sparsified(report: Mapping[str, Any]) -> bool:
+    """Whether BMR on weights ran (``bmr_weights``, ``<criterion>+bmr_weights``): the report's
+    ``sparsify`` section is its stage's summary."""
+    return isinstance(report.get("sparsify"), Mapping)
 
 
 def ort_runtime(latency: Any) -> str | None:
@@ -190,6 +196,11 @@ def model_figures(report: Mapping[str, Any], model: str, runtime: str | None, ba
         "nll": number(part.get("nll")),
         "ece": number(part.get("ece")),
         "compression": number(part.get("compression")) if model == "pruned" else 0.0,
+        # Structures sliced away, the shipped weights that are exactly 0, and every parameter removed;
+        # reports older than BMR on weights lack them (None). The dense model's weights are not counted.
+        "structured_compression": number(part.get("structured_compression")) if model == "pruned" else 0.0,
+        "weight_sparsity": number(part.get("weight_sparsity")) if model == "pruned" else None,
+        "total_removed": number(part.get("total_removed")) if model == "pruned" else 0.0,
         "params": number(part.get("params")),
         "flops": number(part.get("flops")),
         "onnx_bytes": number(section(onnx, "bytes")),

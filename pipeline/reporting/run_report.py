@@ -15,6 +15,7 @@ from pipeline.reporting.text import NA, count, decimal, number, percent, setting
 STAGE_NAMES = {
     "training": "training (pruned model)",
     "fine_tuning": "fine-tuning",
+    "sparsify": "sparsification (BMR on weights)",
     "baseline_training": "training (dense baseline)",
     "slicing_export": "slicing and ONNX export",
     "benchmarking": "benchmarking",
@@ -56,6 +57,8 @@ def key_line(report: dict) -> str:
     parts = []
     if fig.is_dense_method(report):
         label += " (dense model)"
+    elif fig.is_sparsified(report):
+        parts.append(f"{percent(pruned.get('compression'))} of parameters removed ({_removed_how(pruned)})")
     else:
         parts.append(f"{percent(pruned.get('compression'))} of parameters removed")
     accuracy, dense_accuracy = number(pruned.get("accuracy")), number(dense.get("accuracy"))
@@ -87,6 +90,14 @@ def key_line(report: dict) -> str:
     return f"{label}: " + ", ".join(parts)
 
 
+def _removed_how(pruned: Mapping[str, Any]) -> str:
+    """How a sparsified model's parameters were removed: ``91.2% of the weights exactly 0`` and, when
+    structures went first, ``41.0% by slicing`` before it."""
+    zeros = f"{percent(pruned.get('weight_sparsity'))} of the weights exactly 0"
+    structured = number(pruned.get("structured_compression"))
+    return zeros if not structured else f"{percent(structured)} by slicing, then {zeros}"
+
+
 def run_markdown(run: Run) -> str:
     report = run.report or {}
     runtime = fig.ort_runtime(report.get("latency"))
@@ -97,6 +108,7 @@ def run_markdown(run: Run) -> str:
     state = f"**State: {run.state}**"
     lines += [state + (f": {run.warning}" if run.warning else ""), "", f"`{key_line(report)}`", ""]
     lines += _results(report, runtime, batches)
+    lines += _weight_sparsity(report, runtime, batches)
     lines += _latency(report)
     lines += _energy(report)
     lines += _training(run)
@@ -110,6 +122,8 @@ def _settings_line(run: Run) -> str:
     method = f"Method `{report.get('method', '?')}`"
     if fig.is_dense_method(report):
         method += " (no criterion: the dense model)"
+    elif report.get("method") == "bmr_weights":
+        method += " (no criterion: BMR on the dense model's weights)"
     elif settings:
         method += f", criterion settings {settings_text(settings)} (the others at their defaults)"
     else:
@@ -120,6 +134,10 @@ def _settings_line(run: Run) -> str:
         words.append(f"KL weighting {other['kl_weighting']}")
     if "finetune_noise" in other:
         words.append(f"fine-tuning noise {other['finetune_noise']}")
+    sparsify = other.get("sparsify")
+    if isinstance(sparsify, Mapping):
+        shown = {key: sparsify[key] for key in ("epochs", "finetune_epochs", "max_rounds", "init_std", "lr") if key in sparsify}
+        words.append(f"BMR on weights {settings_text(shown)} (sparsify section)")
     if run.seed is not None:
         words.append(f"train.seed {run.seed}")
     return "; ".join(words) + "."
@@ -181,6 +199,49 @@ def _results(report: Mapping[str, Any], runtime: str | None, batches: list[int])
         provider = fig.section(report, "energy", "inference", "provider") or "ONNX Runtime"
         lines += [f"Energy and CO2 per 1,000 inferences at batch {energy_batch} through {provider}: "
                   f"{fig.energy_tag(report)} (see How measured).", ""]
+    return lines
+
+
+def _weight_sparsity(report: Mapping[str, Any], runtime: str | None, batches: list[int]) -> list[str]:
+    """Structures and weights removed, apart and together; what the dense-with-zeros file and a sparse
+    encoding of it weigh; and the measured speed-up beside them (only for runs that sparsified)."""
+    if not fig.is_sparsified(report):
+        return []
+    pruned = fig.section(report, "pruned") or {}
+    sizes = pruned.get("sparse_encoding") if isinstance(pruned.get("sparse_encoding"), Mapping) else {}
+    stage = report.get("sparsify") or {}
+    lines = ["## Weight sparsity (BMR on individual weights)", "",
+             "In the results above, compression counts every parameter removed, structures and weights together; "
+             "params and MACs count the shipped shapes, zeros included.", ""]
+    header = ["structures removed (slicing)", "weights exactly 0 (of the shipped Linear/Conv2d weights)",
+              "parameters removed in all", "params (shipped shapes)", "nonzero params", "dense params"]
+    lines += [*table(header, [[percent(pruned.get("structured_compression")), percent(pruned.get("weight_sparsity")),
+                               percent(pruned.get("total_removed")), count(pruned.get("params")),
+                               count(pruned.get("nonzero_params")), count(pruned.get("unpruned_params"))]]), ""]
+    lines += [*table(["model.onnx (bytes)", "deflated, zlib 9 (bytes)", "CSR weights + other tensors (bytes)",
+                      "weights dense (bytes)", "weights in CSR (bytes)"],
+                     [[count(sizes.get("onnx_bytes")), count(sizes.get("deflate_bytes")), count(sizes.get("sparse_model_bytes")),
+                       count(sizes.get("dense_weight_bytes")), count(sizes.get("csr_bytes"))]]), ""]
+    speedups = [f"{times(fig.latency_value(report, runtime, batch, 'speedup_p50'))} at batch {batch}" for batch in batches]
+    latency = (f"the measured p50 speed-up over the dense model through {fig.runtime_short(runtime)} is {', '.join(speedups)}"
+               if runtime is not None and speedups else "latency was not measured")
+    structured = number(pruned.get("structured_compression"))
+    source = ("any speed-up comes from the structures sliced away" if structured else
+              "no structure was removed, so no speed-up is to be expected")
+    lines += [f"model.onnx is dense-with-zeros: it stores every weight of the shipped shapes, the removed ones as exact "
+              f"zeros ({count(sizes.get('onnx_zeros'))} zero entries), so it weighs {count(sizes.get('onnx_bytes'))} bytes; "
+              f"deflated {count(sizes.get('deflate_bytes'))} bytes, and with its Linear/Conv2d weights in CSR form (int32 "
+              f"indices) {count(sizes.get('sparse_model_bytes'))} bytes. ONNX Runtime's dense kernels multiply the zeros "
+              f"like any other weight and the MACs column counts them, so {source}: {latency}.", ""]
+    removed = stage.get("removed_per_round") or []
+    steps_ms = [1e3 * value for value in stage.get("df_step_seconds") or [] if number(value) is not None]
+    rounds = stage.get("rounds")
+    lines += [f"BMR ran {count(rounds)} dF round{'' if rounds == 1 else 's'} after its SVI fit ({count(stage.get('epochs'))} SVI epochs "
+              f"in all; weights removed per round: {', '.join(count(r) for r in removed) or 'none'}"
+              f"{'; it stopped when a round removed nothing' if stage.get('stopped_early') else ''}); each dF step took "
+              f"{', '.join(significant(ms, 3) for ms in steps_ms) or 'n/a'} ms, an SVI epoch "
+              f"{significant(stage.get('epoch_seconds_mean'), 3)} s on average; validation accuracy after the last round "
+              f"{percent(stage.get('val_accuracy'), 2)}.", ""]
     return lines
 
 

@@ -54,13 +54,17 @@ def chance_accuracy(labels: Tensor) -> float:
 class RunFacts:
     """What the warning needs to name a cause and a fix. ``best_val_accuracy``: the method's model's
     best validation accuracy over its training epochs (before fine-tuning), None when unknown; at
-    chance, the model never learned, and pruning is not what collapsed it."""
+    chance, the model never learned, and pruning is not what collapsed it. ``sparsified``: BMR on
+    weights (the ``sparsify`` section) ran after training, so what removed too much may be it;
+    ``structured``: a criterion pruned structures (False for ``bmr_weights`` on the dense model)."""
 
     train_examples: int
     steps_per_epoch: int
     lr: float
     method: str
     best_val_accuracy: float | None = None
+    sparsified: bool = False
+    structured: bool = True
 
 
 def evaluate_checks(
@@ -133,17 +137,26 @@ def _warning(
     elif "pruned_above_chance" in failed:
         before = f"{dense:.1%} dense" if dense is not None else f"{facts.best_val_accuracy:.1%} validation while training"
         cause = f"pruning collapsed {model}: its test accuracy is {pruned:.1%} ({before}), {at_chance}"
-        fix = (
-            "prune less or later (the settings of train.criterion, train.prune_start) or fine-tune longer "
-            f"(train.finetune_epochs); {steps}"
-        )
+        structured = ("prune less or later (the settings of train.criterion, train.prune_start) or fine-tune longer "
+                      "(train.finetune_epochs)")  # fmt: skip
+        fix = f"{_pruning_fix(facts, structured)}; {steps}"
     else:
         cause = (
             f"pruning cost {dense - pruned:.1%} of test accuracy ({model} {pruned:.1%}, dense {dense:.1%}), "
             f"more than checks.max_accuracy_drop ({config.max_accuracy_drop:g})"
         )
-        fix = (
-            "prune less (the settings of train.criterion) or fine-tune longer (train.finetune_epochs), or raise "
-            "checks.max_accuracy_drop if the trade is intended"
-        )
+        structured = "prune less (the settings of train.criterion) or fine-tune longer (train.finetune_epochs)"
+        fix = f"{_pruning_fix(facts, structured)}, or raise checks.max_accuracy_drop if the trade is intended"
     return f"the run is degraded: {cause}; {fix}"
+
+
+def _pruning_fix(facts: RunFacts, structured: str) -> str:
+    """``structured`` (the criterion's levers) and, when BMR on weights ran, its own: fewer rounds, a
+    narrower posterior (which removes fewer weights), longer fine-tuning."""
+    weights = (
+        "remove fewer weights (fewer sparsify.max_rounds; a narrower posterior: a lower sparsify.init_std or fewer "
+        "sparsify.epochs) or fine-tune them longer (sparsify.finetune_epochs)"
+    )
+    if not facts.sparsified:
+        return structured
+    return f"{structured}; {weights}" if facts.structured else weights

@@ -2,7 +2,8 @@
 
 Stages measured as a whole (``energy.track_stages``): ``training`` and ``fine_tuning`` (the pruned
 method's two phases, told apart by ``train_``'s ``on_phase`` hook, not by apportioning time),
-``baseline_training`` (the dense reference, its fine-tuning epochs included), ``slicing_export``
+``baseline_training`` (the dense reference, its fine-tuning epochs included), ``sparsify`` (BMR on
+individual weights with its SVI fit and fine-tuning rounds, when ``sparsify.enabled``), ``slicing_export``
 (fold, slice, ONNX export and parity checks of both models) and ``benchmarking`` (latency and the
 inference energy). Each stage's figure goes to ``bench/energy_stages.json`` as soon as it ends; a
 resumed run adds its part to the stage (``attempts``). The inference stage measures dense and
@@ -26,8 +27,8 @@ from bmrs.data import DataBundle
 from pipeline.config import FlowConfig
 
 TRAINING, FINE_TUNING, BASELINE_TRAINING = "training", "fine_tuning", "baseline_training"
-SLICING_EXPORT, BENCHMARKING = "slicing_export", "benchmarking"
-STAGES = (TRAINING, FINE_TUNING, BASELINE_TRAINING, SLICING_EXPORT, BENCHMARKING)
+SPARSIFY, SLICING_EXPORT, BENCHMARKING = "sparsify", "slicing_export", "benchmarking"
+STAGES = (TRAINING, FINE_TUNING, SPARSIFY, BASELINE_TRAINING, SLICING_EXPORT, BENCHMARKING)
 STAGES_FILE = Path("bench") / "energy_stages.json"
 DETAIL_FILE = Path("bench") / "energy.json"
 _ROW_KEYS = ("j_per_1k", "g_co2_per_1k", "seconds", "examples")

@@ -18,7 +18,7 @@ from pathlib import Path
 from bmrs.train.checkpoint import read_checkpoint
 from bmrs.data import DataBundle
 from bmrs.train import TrainConfig, check_resume_from
-from pipeline.stages import steps
+from pipeline.stages import sparsifying, steps
 from pipeline.config import ConfigError, FlowConfig, flow_config_from_dict
 
 STAGE_FOLDERS = ("train", "baseline", "post_training")
@@ -52,8 +52,8 @@ def read_run_config(run_dir: Path) -> FlowConfig:
 
 def check_checkpoints(run_dir: Path) -> None:
     """Read every stage checkpoint the run left, so that a damaged one is reported before work starts."""
-    for folder in STAGE_FOLDERS:
-        path = Path(run_dir) / folder / "checkpoint.pt"
+    paths = [Path(run_dir) / folder / "checkpoint.pt" for folder in STAGE_FOLDERS] + [sparsifying.checkpoint_path(run_dir)]
+    for path in paths:
         if path.exists():
             read_checkpoint(path)  # raises CheckpointError naming the file
 
@@ -73,12 +73,14 @@ def check_resumable(config: FlowConfig, run_dir: Path, data: DataBundle) -> None
     """Refuse, with ``CheckpointError``, a training checkpoint the flow would refuse to resume from
     (weights only, written under other settings, not fitting the model): checked here, before
     status.json is marked running, so that a refused resume leaves the directory as it was.
-    The checks and messages are ``bmrs.train``'s own, on the fingerprint ``train_`` computes."""
+    The checks and messages are ``bmrs.train``'s own, on the fingerprint ``train_`` computes; the
+    sparsify stage's checkpoint is checked on the fingerprint ``sparsify_`` computes."""
     for folder, train_config, noisy in _stage_trainings(config):
         path = Path(run_dir) / folder / "checkpoint.pt"
         if not path.is_file():
             continue  # the stage starts afresh
         check_resume_from(path, steps.build(config, data, noisy=noisy), data, train_config)
+    sparsifying.check_resumable(config, data, run_dir)
 
 
 @contextmanager

@@ -1,6 +1,7 @@
 """The stages that produce what ships: ``model.onnx`` (and the sliced PyTorch model beside it) and
 ``dense.onnx``, each verified end to end against the PyTorch model whose accuracy the run reports,
-with the file's own metadata."""
+with the file's own metadata. With ``sparsify.enabled`` ``model.onnx`` is the ``sparsify`` stage's
+model, dense-with-zeros (``pipeline.stages.sparsifying``)."""
 from __future__ import annotations
 
 import json
@@ -14,8 +15,10 @@ from export.onnx_export import OnnxResult, export_onnx, write_metadata
 from export.onnx_options import run_metadata
 from export.saved import save_sliced
 from export.slicing import count_flops, count_params, slice_model
+from export.sparse import SparseExport, sparse_export
 from export.verify import DataParity, EndToEndParityError, check_data_parity, onnx_metrics
 from pipeline.config import FlowConfig
+from pipeline.stages import sparsifying
 from pipeline.stages.steps import _test_metrics, build, example_input, restore
 
 SLICED_DIR = "sliced"  # sliced.json + sliced.pt: the sliced model, reloadable by export.saved.load_sliced
@@ -29,43 +32,85 @@ def compress_stage(config: FlowConfig, data: DataBundle, run_dir: Path, checkpoi
     model's, ``sliced_accuracy`` the sliced PyTorch model's. With ``export.round_to`` the sliced
     widths are rounded up: ``compression`` is the shipped model's, ``compression_unrounded`` what
     slicing every pruned structure would give. The file's metadata (``bmrs.*`` keys) records the
-    method, compression, measured accuracy, project version, flow and input shape."""
+    method, compression, measured accuracy, project version, flow and input shape.
+
+    With ``sparsify.enabled`` what ships is the ``sparsify`` stage's model instead (the same sliced
+    architecture, most weights exactly 0): ``model.onnx`` is that model dense-with-zeros, checked
+    against it; ``torch_accuracy`` is its own, ``masked_accuracy`` and ``sliced_accuracy`` those of
+    the model it started from, and ``compression`` is every parameter removed, structures and
+    weights together (``total_removed``). Every run reports ``weight_sparsity`` (exact zeros among
+    the shipped Linear/Conv2d weights), ``structured_compression`` (what slicing removed),
+    ``total_removed`` (1 - nonzero parameters / the dense model's parameters), ``nonzero_params``
+    and ``sparse_encoding``: the file's bytes, deflated, and the weights in CSR (``export.sparse``)."""
     noisy = config.train.criterion is not None
+    sparse = config.sparsify.enabled
     model = restore(config, data, checkpoint, noisy=noisy)
     sample = example_input(data)
     masked = _test_metrics(model, data)
     sliced = slice_model(model, sample, round_to=config.export.round_to)
     sliced_accuracy = _test_metrics(sliced.model, data)["accuracy"]
-    # The sliced PyTorch model too, reloadable without this code path and without unpickling.
-    saved = save_sliced(run_dir / SLICED_DIR, sliced.model, model_config=config.model, input_shape=data.input_shape,
+    shipped, reference = sliced.model, model
+    describe = f"model.onnx against {'the masked model' if noisy else 'the trained model'} in evaluation mode"
+    torch_accuracy = masked["accuracy"]
+    if sparse:
+        shipped = reference = sparsifying.load_sparsified(run_dir)
+        describe = "model.onnx against the sparsified model (posterior means, removed weights exactly 0)"
+        torch_accuracy = _test_metrics(shipped, data)["accuracy"]
+    # The shipped PyTorch model too, reloadable without this code path and without unpickling.
+    saved = save_sliced(run_dir / SLICED_DIR, shipped, model_config=config.model, input_shape=data.input_shape,
                         num_classes=data.num_classes, keep=sliced.keep)  # fmt: skip
-    onnx = export_onnx(sliced.model, sample, run_dir / "model.onnx", config.export)
-    reference = "the masked model" if noisy else "the trained model"
-    parity = verify_onnx(config, data, run_dir, model, onnx, describe=f"model.onnx against {reference} in evaluation mode")
+    exported = sparse_export(shipped, sample, run_dir / "model.onnx", config.export)
+    onnx = exported.onnx
+    parity = verify_onnx(config, data, run_dir, reference, onnx, describe=describe)
     metrics = onnx_metrics(onnx.path, data.test).as_dict()
+    total_removed = 1.0 - exported.nonzero_parameters / sliced.dense_params
+    compression = total_removed if sparse else sliced.compression
     rounded = config.export.round_to is not None and config.export.round_to > 1
     write_metadata(onnx.path, run_metadata(config.name, data.input_shape, {
-        "method": config.method if noisy else "dense",
+        "method": config.method if noisy or sparse else "dense",
         "method_settings": json.dumps(config.to_dict()["train"]["criterion"], sort_keys=True) if noisy else None,
-        "compression": f"{sliced.compression:.6f}", "accuracy": f"{metrics['accuracy']:.6f}",
+        "compression": f"{compression:.6f}", "accuracy": f"{metrics['accuracy']:.6f}",
         "round_to": config.export.round_to if rounded else None,
         "compression_unrounded": f"{sliced.compression_unrounded:.6f}" if rounded else None,
+        "weight_sparsity": f"{exported.sparsity:.6f}" if sparse else None,
+        "structured_compression": f"{sliced.compression:.6f}" if sparse else None,
     }))  # fmt: skip
     return {
         "params": sliced.pruned_params,
         "flops": sliced.pruned_flops,
         **metrics,
-        "torch_accuracy": masked["accuracy"],
+        "torch_accuracy": torch_accuracy,
         "masked_accuracy": masked["accuracy"],
         "sliced_accuracy": sliced_accuracy,
-        "compression": sliced.compression,
+        "compression": compression,
         "compression_unrounded": sliced.compression_unrounded,
         "params_unrounded": sliced.pruned_params_unrounded,
         "round_to": config.export.round_to,
         "widths": sliced.widths,
         "sliced_model": f"{SLICED_DIR}/{saved.description.name}",  # relative to the run directory
         "unpruned_params": sliced.dense_params,
+        "weight_sparsity": exported.sparsity,
+        "structured_compression": sliced.compression,
+        "total_removed": total_removed,
+        "nonzero_params": exported.nonzero_parameters,
+        "sparse_encoding": sparse_encoding(exported),
         "onnx": {**onnx.summary(), "parity": parity.summary()},
+    }
+
+
+def sparse_encoding(exported: SparseExport) -> dict[str, Any]:
+    """What the shipped model's zeros are worth in bytes: the ONNX file as written (dense, zeros
+    included), the file deflated (zlib level 9), the Linear/Conv2d weights in CSR form (int32
+    indices) and with every other tensor dense; and the counts those are of."""
+    return {
+        "onnx_bytes": exported.onnx_bytes,
+        "deflate_bytes": exported.deflate_bytes,
+        "csr_bytes": exported.csr_bytes,
+        "dense_weight_bytes": exported.dense_weight_bytes,
+        "sparse_model_bytes": exported.sparse_model_bytes,
+        "weights": exported.weights,
+        "nonzero_weights": exported.nonzero_weights,
+        "onnx_zeros": exported.onnx_zeros,
     }
 
 

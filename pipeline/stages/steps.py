@@ -7,7 +7,10 @@ Run directory layout, ``runs/<flow>/<run-id>/``::
     status.json          running | failed (with the error) | completed | degraded (with the warning)
     train/               checkpoint.pt (every epoch), history.json and curve.png of the pruned model
     baseline/            the same for the dense "None" model
-    model.onnx           the sliced model;  dense.onnx: the dense reference; each compared on real
+    sparsify/            with sparsify.enabled: sparsify.pt (every epoch and dF step, resumable),
+                         model/ (the sparsified model) and result.json (pipeline.stages.sparsifying)
+    model.onnx           the sliced model (with sparsify.enabled: the sparsified one, dense-with-zeros);
+                         dense.onnx: the dense reference; each compared on real
                          test examples with the PyTorch model whose accuracy is reported, each
                          with bmrs.* metadata (method, compression, accuracy, version)
     sliced/              sliced.json + sliced.pt: the sliced PyTorch model (a state dict and the
@@ -132,6 +135,10 @@ def check_model(config: FlowConfig, data: DataBundle) -> None:
     check_sliceable(model, example_input(data))
     check_runtimes(config.latency)  # a provider or device this machine lacks fails now, not after training
     check_energy_config(config.energy)  # a country codecarbon's offline table lacks, likewise
+    if config.sparsify.enabled:  # a model whose weights BMR could not remove, likewise
+        from pipeline.stages.sparsifying import check_sparsifiable
+
+        check_sparsifiable(config, build(config, data, noisy=False))
 
 
 def example_input(data: DataBundle, batch: int = 2) -> torch.Tensor:
@@ -225,6 +232,8 @@ def checks_stage(
         lr=config.train.lr,
         method=config.method,
         best_val_accuracy=_best_val_accuracy(run_dir / "train" / "history.json"),
+        sparsified=config.sparsify.enabled,
+        structured=config.train.criterion is not None,
     )
     return evaluate_checks(
         config.checks, chance=chance_accuracy(data.test.labels), pruned=pruned["accuracy"], dense=dense["accuracy"], facts=facts
@@ -274,12 +283,17 @@ def latency_stage(config: FlowConfig, data: DataBundle, run_dir: Path) -> dict[s
 def _exported_modules(config: FlowConfig, data: DataBundle, run_dir: Path) -> dict[str, nn.Module]:
     """The PyTorch modules ``dense.onnx`` and ``model.onnx`` were exported from, rebuilt from the run's
     checkpoints exactly as ``dense_stage`` and ``compress_stage`` build them (both deterministic), so
-    that the flow's stages keep exchanging paths and summaries, not modules."""
+    that the flow's stages keep exchanging paths and summaries, not modules. With ``sparsify.enabled``
+    the pruned one is the ``sparsify`` stage's model, as ``compress_stage`` exports it."""
     dense_checkpoint = run_dir / "baseline" / "checkpoint.pt"
     if config.baseline.enabled:
         dense = restore(config, data, dense_checkpoint, noisy=False)
     else:
         dense = build(config, data, noisy=False).eval()
+    if config.sparsify.enabled:
+        from pipeline.stages.sparsifying import load_sparsified
+
+        return {"dense": dense, "pruned": load_sparsified(run_dir)}
     noisy = config.train.criterion is not None
     masked = restore(config, data, run_dir / "train" / "checkpoint.pt", noisy=noisy)
     return {"dense": dense, "pruned": slice_model(masked, example_input(data), round_to=config.export.round_to).model.eval()}
@@ -295,10 +309,12 @@ def report_stage(
     post_training: dict[str, Any] | None = None,
     checks: dict[str, Any] | None = None,
     energy: dict[str, Any] | None = None,
+    sparsify: dict[str, Any] | None = None,
 ) -> Path:
     """``post_training``: the post-training stage's summary; null in the report when it did not run.
     ``checks``: ``checks_stage``'s result; when a bound failed the run ends ``degraded``, its warning
-    in ``status.json``. ``energy``: ``pipeline.stages.energy``'s section; null when energy is off."""
+    in ``status.json``. ``energy``: ``pipeline.stages.energy``'s section; null when energy is off.
+    ``sparsify``: the ``sparsify`` stage's summary (``sparsifying.sparsify_stage``); null when it is off."""
     pruned = dict(pruned)  # the caller's dict stays whole: a retried stage gets the same one again
     pruned_onnx = pruned.pop("onnx")
     report = {
@@ -312,6 +328,8 @@ def report_stage(
             "criterion_settings": {} if config.train.criterion is None else changed_settings(config.train.criterion),
             "kl_weighting": config.train.kl_weighting.value,
             "finetune_noise": config.train.finetune_noise.value,
+            # BMR on weights: every setting of the sparsify section, or null when it did not run.
+            "sparsify": config.to_dict()["sparsify"] if config.sparsify.enabled else None,
         },
         "dense": dense,
         "pruned": pruned,
@@ -319,6 +337,7 @@ def report_stage(
         "latency": latency,
         "training_curve": str(run_dir / "train" / "curve.png"),
         "post_training": post_training,
+        "sparsify": sparsify,
         "checks": checks,
         "energy": energy,
         "units": {
@@ -326,6 +345,10 @@ def report_stage(
             "latency": "milliseconds per batch",
             "throughput_per_s": "examples per second at the median latency (batch size / p50)",
             "nll": "nats per example",
+            "weight_sparsity": "fraction of the shipped Linear/Conv2d weights that are exactly 0",
+            "total_removed": "1 - nonzero parameters of the shipped model / parameters of the dense model",
+            "sparse_encoding": "bytes: the ONNX file (dense, zeros included), deflated at zlib level 9, "
+                               "and with the Linear/Conv2d weights in CSR form (int32 indices)",
             "ece": "expected calibration error, 15 equal-width confidence bins",
             "energy": "kWh and kg CO2-eq per stage; J and g CO2-eq per 1,000 examples for inference",
         },

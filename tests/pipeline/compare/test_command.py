@@ -64,8 +64,8 @@ def test_every_run_once_on_one_dense_baseline_per_seed(flows, reports, capsys):
     summary = json.loads((out / "compare.json").read_text())
     assert summary["flow"] == FLOW and summary["seeds"] == [0, 1] and summary["ratio_source"] == "bmrs_n"
     assert [m["label"] for m in summary["methods"]] == order
-    assert summary["methods"][3] == {"spec": "l2", "label": "l2", "method": "l2", "criterion": {"name": "l2"}, "layer_ratios_from": "bmrs_n",
-                                   "ratio_source": False}
+    assert summary["methods"][3] == {"spec": "l2", "label": "l2", "method": "l2", "criterion": {"name": "l2"}, "sparsify": False,
+                                   "layer_ratios_from": "bmrs_n", "ratio_source": False}
     assert summary["methods"][2]["ratio_source"] is True and summary["methods"][2]["layer_ratios_from"] is None
     assert summary["config"]["name"] == FLOW and summary["config"]["train"]["lr"] == 0.01
     assert [(r["method"], r["seed"], r["state"], r["reused"]) for r in summary["runs"]] == [(m, s, "completed", False) for s in (0, 1) for m in order]
