@@ -12,9 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
 import torch
+from conftest import write_blobs
 from prefect_env import prefect_environment
 
 from export.onnx_options import read_metadata
@@ -25,18 +25,9 @@ FLOW = "lenet5_combined"
 COMBINED = "l2-ratio=0.3+bmr_weights"
 
 
-def write_images(path: Path, *, train: int = 320, test: int = 80, classes: int = 4) -> Path:
+def write_images(path: Path) -> Path:
     """Gaussian blobs as 28x28 images, LeNet5's input size: learnable in two epochs."""
-    generator = np.random.default_rng(0)
-    centres = generator.random((classes, 28, 28))
-
-    def split(n: int) -> tuple[np.ndarray, np.ndarray]:
-        labels = np.arange(n) % classes
-        return (centres[labels] + 0.5 * generator.standard_normal((n, 28, 28))).astype(np.float32), labels
-
-    (x, y), (x_test, y_test) = split(train), split(test)
-    np.savez(path, x=x, y=y, x_test=x_test, y_test=y_test)
-    return path
+    return write_blobs(path, train=320, test=80, side=28)
 
 
 SETTINGS = [
