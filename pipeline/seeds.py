@@ -35,6 +35,8 @@ GROUP_FILE = "group.json"
 REPORT_METRICS = (
     "pruned.accuracy", "dense.accuracy", "pruned.nll", "dense.nll", "pruned.ece", "dense.ece",
     "pruned.compression", "pruned.params", "dense.params", "pruned.flops", "dense.flops",
+    # BMR on weights (sparsify): what slicing removed, the zeros among the weights, both together
+    "pruned.structured_compression", "pruned.weight_sparsity", "pruned.total_removed",
 )  # fmt: skip
 
 # (seed config, run directory, resume) -> exit status; raises when the run failed unexpectedly.

@@ -31,7 +31,8 @@ def test_summary_is_the_mean_and_std_over_seed_reports(seed_group):
     runs = reports(group_dir, (0, 1))
     metrics = summary["metrics"]
     for section, key in [("pruned", "accuracy"), ("dense", "accuracy"), ("pruned", "nll"), ("dense", "ece"),
-                         ("pruned", "compression"), ("pruned", "params"), ("dense", "flops")]:  # fmt: skip
+                         ("pruned", "compression"), ("pruned", "params"), ("dense", "flops"),
+                         ("pruned", "structured_compression"), ("pruned", "weight_sparsity"), ("pruned", "total_removed")]:  # fmt: skip
         values = [run[section][key] for run in runs]
         mean, std = mean_std(values)
         assert metrics[f"{section}.{key}"] == {"mean": pytest.approx(mean), "std": pytest.approx(std), "n": 2, "values": values}
