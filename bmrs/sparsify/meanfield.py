@@ -26,6 +26,7 @@ holding ``m * mask``, which exports to ONNX like any model.
 """
 from __future__ import annotations
 
+import abc
 import copy
 import math
 from collections.abc import Mapping
@@ -39,7 +40,7 @@ from bmrs.math.gaussian_reduction import delta_f_gaussian_spike, kl_to_centered_
 DENSE_LAYERS = (nn.Linear, nn.Conv2d)
 
 
-class MeanFieldLayer(nn.Module):
+class MeanFieldLayer(nn.Module, metaclass=abc.ABCMeta):
     """What the Linear and Conv2d versions share: the posterior's parameters, the mask, the KL, dF."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None, *, prior_std: float, init_std: float) -> None:
@@ -58,8 +59,9 @@ class MeanFieldLayer(nn.Module):
             self.bias_log_std = nn.Parameter(torch.full_like(bias.detach(), math.log(init_std)))
         self.register_buffer("weight_mask", torch.ones_like(weight, dtype=torch.bool))
 
+    @abc.abstractmethod
     def _apply_to(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        raise NotImplementedError
+        """The deterministic layer (a linear map or a convolution) applied with ``weight`` and ``bias``."""
 
     def masked_weight_mean(self) -> Tensor:
         return self.weight_mean * self.weight_mask
