@@ -340,6 +340,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--dense-epochs", type=int, default=None, help="epochs of the dense model (default 10; --quick: 1)")
+    parser.add_argument("--svi-epochs", type=int, default=None,
+                        help="epochs of the SVI fit before the first dF round (sparsify.epochs; default 10; --quick: 1)")
     parser.add_argument("--export-seed", type=int, default=None, help="the seed whose models are exported and timed (default: the first)")
     parser.add_argument("--no-export", action="store_true", help="train and sparsify only: no ONNX files, no latency")
     parser.add_argument("--out", type=Path, default=None, help=f"results (default {DEFAULT_OUT}; --quick: {QUICK_DIR}/results)")
@@ -358,6 +360,10 @@ def main(argv: Sequence[str] | None = None, *, data: DataBundle | None = None) -
         if args.dense_epochs < 1:
             raise ValueError(f"--dense-epochs must be >= 1, got {args.dense_epochs}")
         recipe = replace(recipe, dense_epochs=args.dense_epochs)
+    if args.svi_epochs is not None:
+        if args.svi_epochs < 1:
+            raise ValueError(f"--svi-epochs must be >= 1, got {args.svi_epochs}")
+        recipe = replace(recipe, sparsify=replace(recipe.sparsify, epochs=args.svi_epochs))
     if args.quick:
         recipe = replace(recipe, sparsify=replace(recipe.sparsify, progress=False))
     else:
@@ -376,6 +382,7 @@ def main(argv: Sequence[str] | None = None, *, data: DataBundle | None = None) -
         bench.run(args.models, args.seeds, export_seed)
     reproduce = " ".join(["OMP_NUM_THREADS=1 python -m benchmarks.weight_sparsity", "--models", *args.models, "--seeds", *map(str, args.seeds),
                           *(["--quick"] if args.quick else []), *([f"--dense-epochs={args.dense_epochs}"] if args.dense_epochs else []),
+                          *([f"--svi-epochs={args.svi_epochs}"] if args.svi_epochs else []),
                           *(["--no-export"] if args.no_export else [f"--export-seed={export_seed}"])])  # fmt: skip
     return report.write_report(out, args.models, args.seeds, export_seed, command=command, reproduce=reproduce)
 
