@@ -18,6 +18,7 @@ import torch_pruning as tp
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _NormBase
 
+from bmrs.devices import module_device
 from bmrs.models.structures import coupled_layers, dependency_graph
 from bmrs.nn.attention import HeadAttention, remove_heads_
 from bmrs.nn.groups import noise_groups
@@ -320,7 +321,7 @@ def parameter_compression(noisy_model: nn.Module, example_input: Tensor) -> floa
 
     Noise parameters (mu, log sigma) count in neither: they do not exist after folding.
     """
-    return slice_model(noisy_model, example_input).compression
+    return slice_model(noisy_model, example_input.to(module_device(noisy_model))).compression
 
 
 def surviving_widths(model: nn.Module) -> dict[str, int]:

@@ -62,8 +62,8 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
-import torch
 
+from bmrs.devices import check_device_name
 from bmrs.train.config import MAX_LR
 
 
@@ -128,12 +128,7 @@ class SparsifyConfig:
         for name in ("prune_output_layer", "progress"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"sparsify.{name} must be true or false, got {getattr(self, name)!r}")
-        if not isinstance(self.device, str):
-            raise TypeError(f"sparsify.device must be a device name such as 'cpu' or 'cuda', got {self.device!r}")
-        try:
-            torch.device(self.device)
-        except RuntimeError:
-            raise ValueError(f"sparsify.device {self.device!r} is not a device name; use 'cpu', 'cuda' or 'cuda:1'") from None
+        check_device_name(self.device, "sparsify.device")
 
     def to_dict(self) -> dict[str, Any]:
         """Every setting, the optimizer as its value: what checkpoints and reports record."""

@@ -27,10 +27,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 from tqdm import tqdm
 
 from bmrs.data import DataBundle, Split
+from bmrs.devices import available_device, synchronize
 from bmrs.nn.noise import noise_modules
 from bmrs.sparsify.adabelief import AdaBelief
 from bmrs.sparsify.checkpoints import CHECKPOINT_NAME, resume_run, run_fingerprint, save_run
@@ -121,8 +122,7 @@ def _check_arguments(model: nn.Module, data: DataBundle, config: SparsifyConfig,
         )
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs the checkpoint_dir the interrupted run wrote to")
-    if torch.device(config.device).type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"sparsify.device is {config.device!r} but this machine has no CUDA device; use 'cpu'")
+    available_device(config.device, "sparsify.device")
 
 
 def _make_optimizer(model: nn.Module, config: SparsifyConfig) -> torch.optim.Optimizer:
@@ -136,11 +136,6 @@ def _svi_mode(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, DROPOUT):
             module.eval()
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _run_epoch(
@@ -177,7 +172,7 @@ def _run_epoch(
         sums["kl"] += float(kl.detach()) * batch
         sums["correct"] += int((logits.argmax(1) == labels).sum())
         sums["seen"] += batch
-    _synchronize(device)
+    synchronize(device)
     seen = sums["seen"]
     record = SparsifyEpoch(
         round=position.round, epoch=position.epoch + 1, loss=sums["loss"] / seen, nll=sums["nll"] / seen,
@@ -192,29 +187,16 @@ def _run_epoch(
 
 
 def _timed_prune(prunable: dict[str, MeanFieldLayer], spike_ratio: float, device: torch.device) -> tuple[int, float]:
-    _synchronize(device)
+    synchronize(device)
     started = time.perf_counter()
     removed = sum(bmr_prune_(prunable, spike_ratio).values())
-    _synchronize(device)
+    synchronize(device)
     return removed, time.perf_counter() - started
 
 
-class _OnDevice(nn.Module):
-    """``model`` on ``device`` behind a CPU interface, so that ``classification_metrics`` (which
-    feeds CPU batches and bins on the CPU) measures it wherever it lives."""
-
-    def __init__(self, model: nn.Module, device: torch.device) -> None:
-        super().__init__()
-        self.model, self.device = model, device
-
-    def forward(self, images: Tensor) -> Tensor:
-        return self.model(images.to(self.device)).cpu()
-
-
-def _validation_metrics(meanfield: nn.Module, val: Split, config: SparsifyConfig, device: torch.device) -> ClassificationMetrics:
+def _validation_metrics(meanfield: nn.Module, val: Split, config: SparsifyConfig) -> ClassificationMetrics:
     was_training = meanfield.training
-    measured = meanfield if device.type == "cpu" else _OnDevice(meanfield, device)
-    metrics = classification_metrics(measured, val, config.eval_batch_size)
+    metrics = classification_metrics(meanfield, val, config.eval_batch_size)
     meanfield.train(was_training)
     return metrics
 
@@ -223,7 +205,7 @@ def _round_record(
     meanfield: nn.Module, layers: dict[str, MeanFieldLayer], data: DataBundle, config: SparsifyConfig,
     device: torch.device, position: Position, epochs: list[SparsifyEpoch],
 ) -> SparsifyRound:  # fmt: skip
-    metrics = _validation_metrics(meanfield, data.val, config, device)
+    metrics = _validation_metrics(meanfield, data.val, config)
     if not math.isfinite(metrics.nll):
         # A finite training loss with an infinite validation NLL: means so large that some class gets
         # probability 0. Nothing trained further from here is worth keeping.

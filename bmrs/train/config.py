@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from bmrs.devices import check_device_name
 from bmrs.criteria import BMRSLogNormal, Criterion, complete_settings, criterion_from, criterion_name, settings_of
 
 
@@ -105,14 +106,19 @@ class TrainConfig:
     progress: bool = True
     # Last, and left out of to_dict when EPOCHS, so that every record made before it existed still matches.
     schedule_unit: ScheduleUnit = ScheduleUnit.EPOCHS
+    # Where the weights train ('cpu', 'cuda', 'cuda:1'); the model comes back where it was. Like the
+    # thread count it changes only the last bits, so it is left out of to_dict (checkpoints and cached
+    # results of the same settings match across devices) and recorded in the checkpoint's environment.
+    device: str = "cpu"
 
     def to_dict(self) -> dict[str, Any]:
-        """Every setting, modes as their values and the criterion as its name and every one of its
+        """Every setting but ``device``, modes as their values and the criterion as its name and every one of its
         settings: what checkpoints and cached results record. An empty ``prune_start_by_layer`` and
         the default ``schedule_unit`` are left out, so that records made before they existed still
         match (``complete_record`` completes records written before criteria recorded every setting)."""
         settings = {f.name: getattr(self, f.name) for f in fields(self)}
         settings = {k: v.value if isinstance(v, enum.Enum) else copy.deepcopy(v) for k, v in settings.items()}
+        del settings["device"]
         criterion = settings.pop("criterion")
         settings = {
             **{k: v for k, v in settings.items() if k in _BEFORE_CRITERION},
@@ -199,6 +205,7 @@ class TrainConfig:
             raise TypeError(f"train.kl_weighting must be a KLWeighting, got {self.kl_weighting!r}")
         if not isinstance(self.finetune_noise, FinetuneNoise):
             raise TypeError(f"train.finetune_noise must be a FinetuneNoise, got {self.finetune_noise!r}")
+        check_device_name(self.device, "train.device")
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from bmrs.train.checkpoint import (
 )
 from bmrs.criteria import criterion_name
 from bmrs.data import DataBundle, Split
+from bmrs.devices import available_device, module_device
 from bmrs.nn.fold import absorb_expected_noise_
 from bmrs.train.metrics import classification_metrics
 from bmrs.math.fused import compile_enabled
@@ -124,10 +125,14 @@ def training_fingerprint(model: nn.Module, data: DataBundle, config: TrainConfig
     return json.loads(json.dumps(described, allow_nan=False))
 
 
-def training_environment() -> dict[str, Any]:
+def training_environment(device: torch.device | None = None) -> dict[str, Any]:
     """What decides the last bits of a result, though not the result itself: CPU reductions split
-    work by thread count, and the fused kernels round differently from their eager fallback."""
-    return {"torch": str(torch.__version__), "threads": torch.get_num_threads(), "compiled": compile_enabled()}
+    work by thread count, the fused kernels round differently from their eager fallback, and a GPU
+    sums in another order (``device``: recorded when given, so that a CPU run's record is unchanged)."""
+    environment = {"torch": str(torch.__version__), "threads": torch.get_num_threads(), "compiled": compile_enabled()}
+    if device is not None and device.type != "cpu":
+        environment["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+    return environment
 
 
 def _describe(module: nn.Module) -> str:
@@ -163,10 +168,11 @@ def check_resume_from(path: Path, model: nn.Module, data: DataBundle, config: Tr
 
 
 def _resume(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, shuffle: torch.Generator, fingerprint: dict[str, Any], total_epochs: int
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, shuffle: torch.Generator, fingerprint: dict[str, Any],
+    total_epochs: int, device: torch.device,
 ) -> _Progress:
     """Restore model, optimizer and random streams from ``path``; everything is checked before anything changes."""
-    checkpoint = open_for_resume(path, model, fingerprint, training_environment())
+    checkpoint = open_for_resume(path, model, fingerprint, training_environment(device))
     with damaged_training_state(path):
         epoch = checkpoint.meta["epoch"]
         if not (isinstance(epoch, int) and 1 <= epoch <= total_epochs):
@@ -181,8 +187,9 @@ def _resume(
             if name not in sizes or not isinstance(value, Tensor) or tuple(value.shape) != (sizes[name],):
                 raise ValueError(f"gradient statistics for {name!r} do not fit the model's noise layers")
         load_optimizer_and_check_random_state(training, optimizer)
+    grad_sq = {name: value.to(device) for name, value in grad_sq.items()}  # read onto the CPU, summed on the device
     model.load_state_dict(checkpoint.state_dict)
-    restore_random_state(training, shuffle)
+    restore_random_state(training, shuffle, device)
     return _Progress(epoch, history, grad_sq)
 
 
@@ -211,6 +218,7 @@ def train_(
     """
     plan = Schedule.of(config, len(data.train))
     config = plan.config
+    device = available_device(config.device, "train.device")
     if config.progress and plan.given_in is ScheduleUnit.STEPS:
         tqdm.write(plan.describe())
     if resume_from is None:
@@ -226,12 +234,26 @@ def train_(
             "to None to train it without pruning"
         )
     starts = prune_starts(model, config)  # a path naming no noise layer fails here, before any epoch
+    home = module_device(model)
+    model.to(device)  # before the optimizer, whose state lives beside the parameters
+    try:
+        return _train_on_device(model, data, plan, device, starts, noises_by_name, compression, checkpoint_path, resume_from, on_phase)
+    finally:
+        model.to(home)
+
+
+def _train_on_device(
+    model: nn.Module, data: DataBundle, plan: Schedule, device: torch.device, starts: dict[str, int],
+    noises_by_name: dict[str, LogNormalNoise], compression: Callable[[nn.Module], float], checkpoint_path: Path | None,
+    resume_from: Path | None, on_phase: Callable[[str], None] | None,
+) -> TrainResult:  # fmt: skip
+    config, criterion, noises = plan.config, plan.config.criterion, list(noises_by_name.values())
     optimizer = make_optimizer(model, config.lr)
     shuffle = torch.Generator().manual_seed(config.seed)
     total_epochs = config.epochs + config.finetune_epochs
     fingerprint = training_fingerprint(model, data, config) if checkpoint_path or resume_from else None
     if resume_from is not None:
-        progress = _resume(Path(resume_from), model, optimizer, shuffle, fingerprint, total_epochs)
+        progress = _resume(Path(resume_from), model, optimizer, shuffle, fingerprint, total_epochs, device)
     else:
         progress = _Progress(0, [], {})
     history, grad_sq = progress.history, progress.grad_sq
@@ -263,6 +285,7 @@ def train_(
         )
         with held:  # E[theta] is recomputed again after the epoch's steps
             for step, (images, labels) in enumerate(bar):
+                images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
                 logits = model(images)
                 nll = F.cross_entropy(logits, labels)
                 penalised = noises and not expected_noise
@@ -338,10 +361,12 @@ def train_(
                 "finished": epoch + 1 == total_epochs,
                 "history": [asdict(r) for r in history],
                 "fingerprint": fingerprint,
-                "environment": training_environment(),
+                "environment": training_environment(device),
                 "schedule": plan.as_dict(),
             }
             training = {"optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(), "shuffle": shuffle.get_state(), "grad_sq": grad_sq}
+            if device.type == "cuda":
+                training["cuda_rng"] = torch.cuda.get_rng_state(device)
             save_checkpoint(checkpoint_path, model, meta, training=training)
     for noise in noises:
         noise.train(model.training)  # undo the expected-noise fine-tuning's eval mode: one mode for the whole model

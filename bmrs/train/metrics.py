@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bmrs.data import Split
+from bmrs.devices import module_device
 
 ECE_BINS = 15
 
@@ -48,10 +49,12 @@ def expected_calibration_error(probabilities: Tensor, labels: Tensor, bins: int 
 
 @torch.no_grad()
 def classification_metrics(model: nn.Module, split: Split, batch_size: int = 2048) -> ClassificationMetrics:
-    """Metrics of ``model`` in evaluation mode (noise layers use ``E[theta]``)."""
+    """Metrics of ``model`` in evaluation mode (noise layers use ``E[theta]``), wherever it lives:
+    each batch goes to the model's device, the scores come back to the CPU's split."""
     was_training = model.training
     model.eval()
-    log_probs = torch.cat([F.log_softmax(model(images), dim=1) for images, _ in split.batches(batch_size)])
+    device = module_device(model)
+    log_probs = torch.cat([F.log_softmax(model(images.to(device)), dim=1).cpu() for images, _ in split.batches(batch_size)])
     model.train(was_training)
     labels = split.labels
     return ClassificationMetrics(

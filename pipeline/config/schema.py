@@ -106,7 +106,7 @@ class SparsifySection:
     on the dense model when ``train.criterion`` is null (the ``bmr_weights`` method), else on the
     model the structured method sliced (combined). ``enabled`` turns the stage on; the other fields
     are ``SparsifyConfig``'s settings with its defaults, bar three the flow decides: ``seed``
-    (``train.seed``), ``progress`` (``train.progress``) and ``device`` (the CPU the flow trains on)."""
+    (``train.seed``), ``progress`` (``train.progress``) and ``device`` (``train.device``)."""
 
     enabled: bool = False
     epochs: int = SparsifyConfig.epochs
@@ -126,11 +126,11 @@ class SparsifySection:
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
             raise TypeError(f"sparsify.enabled must be true or false, got {self.enabled!r}")
-        self.library_config(seed=0, progress=False)  # SparsifyConfig checks every setting, naming it
+        self.library_config(seed=0, progress=False, device="cpu")  # SparsifyConfig checks every setting, naming it
 
-    def library_config(self, *, seed: int, progress: bool) -> SparsifyConfig:
+    def library_config(self, *, seed: int, progress: bool, device: str) -> SparsifyConfig:
         settings = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "enabled"}
-        return SparsifyConfig(**settings, seed=seed, progress=progress, device="cpu")
+        return SparsifyConfig(**settings, seed=seed, progress=progress, device=device)
 
 
 @dataclass(frozen=True)
@@ -171,7 +171,7 @@ class FlowConfig:
 
     def sparsify_config(self) -> SparsifyConfig:
         """The library's settings of the ``sparsify`` stage: the section's, seeded by ``train.seed``."""
-        return self.sparsify.library_config(seed=self.train.seed, progress=self.train.progress)
+        return self.sparsify.library_config(seed=self.train.seed, progress=self.train.progress, device=self.train.device)
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(self)

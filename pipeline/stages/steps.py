@@ -44,6 +44,7 @@ from benchmarks.energy_pair import check_energy_config
 from benchmarks.latency import check_runtimes, measure_latency, measure_torch_latency
 from benchmarks.plots import Series, line_plot
 from bmrs.artifacts import write_json
+from bmrs.devices import available_device
 from bmrs.train.checkpoint import load_checkpoint
 from bmrs import data as bmrs_data
 from bmrs.criteria import changed_settings
@@ -130,6 +131,7 @@ def check_model(config: FlowConfig, data: DataBundle) -> None:
     ``noise.start_on``, ``train.prune_start_by_layer``) and check that its pruned structures slice
     exactly, so that a typo or an inexact noise point fails before a run directory exists or a
     baseline has trained. (The check slices a copy once per layer: done here, not at every build.)"""
+    available_device(config.train.device, "train.device")  # a GPU this machine lacks fails before anything trains
     model = build(config, data, noisy=True)
     prune_starts(model, config.train)
     check_sliceable(model, example_input(data))

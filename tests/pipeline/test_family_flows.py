@@ -18,17 +18,21 @@ from export.saved import load_sliced
 TINY = [
     "--no-progress",
     "--set", "data.dataset=npz", "--set", "data.root=blobs.npz",
-    "--set", "train.epochs=2", "--set", "train.finetune_epochs=1", "--set", "train.batch_size=16", "--set", "train.lr=0.005",
+    "--set", "train.epochs=2", "--set", "train.prune_start=1", "--set", "train.finetune_epochs=1", "--set", "train.batch_size=16", "--set", "train.lr=0.005",
     "--set", "train.criterion={name: l2, ratio: 0.5}", "--set", "baseline.enabled=false",
     "--set", "latency.repeats=3", "--set", "latency.warmup=1", "--set", "latency.batch_sizes=[1]",
     "--set", "energy.window_s=0.2", "--set", "energy.rounds=1", "--set", "checks.min_accuracy_over_chance=0.0",
 ]  # fmt: skip
 
 
+ON_GPU = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"))
+
+
+@pytest.mark.parametrize("device", ["cpu", ON_GPU])
 @pytest.mark.parametrize("flow", ["resnet20_fmnist_bmrs_n", "vit_tiny_fmnist_bmrs_n"])
-def test_a_family_flow_compresses_and_ships_what_it_measured(tmp_path, flow):
+def test_a_family_flow_compresses_and_ships_what_it_measured(tmp_path, flow, device):
     write_blobs(tmp_path / "blobs.npz", train=320, test=64)
-    command = [sys.executable, "-m", "pipeline.cli", "run", str(REPO / "flows.yaml"), "--flow", flow, *TINY]
+    command = [sys.executable, "-m", "pipeline.cli", "run", str(REPO / "flows.yaml"), "--flow", flow, *TINY, "--set", f"train.device={device}"]
     result = subprocess.run(command, check=False, cwd=tmp_path, env=prefect_environment(tmp_path), capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = (tmp_path / "runs" / flow).iterdir()

@@ -198,6 +198,19 @@ def test_refuses_noise_layers_nothing_to_prune_and_an_absent_device(trained_mlp)
             sparsify_(copy.deepcopy(start), data, replace(QUICK, device="cuda"))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU and a CUDA build of torch")
+def test_sparsify_on_cuda_removes_weights_and_hands_the_model_back(trained_mlp, tmp_path) -> None:
+    start, data = trained_mlp
+    on_cpu = sparsify_(copy.deepcopy(start), data, QUICK)
+    model = copy.deepcopy(start)
+    on_gpu = sparsify_(model, data, replace(QUICK, device="cuda"), checkpoint_dir=tmp_path)
+    assert all(p.device.type == "cpu" for p in model.parameters())
+    assert abs(weight_sparsity(model) - weight_sparsity(on_cpu.model)) < 0.1  # other bits, the same method
+    assert on_gpu.rounds[-1].accuracy >= on_cpu.rounds[-1].accuracy - 0.05
+    resumed = sparsify_(copy.deepcopy(start), data, replace(QUICK, device="cuda"), checkpoint_dir=tmp_path, resume=True)
+    assert records(resumed) == records(on_gpu)  # a finished checkpoint is loaded, not retrained
+
+
 def blobs(num: int, seed: int, classes: int = 4) -> Split:
     """Four Gaussian blobs in pixel space (centres shared by every split)."""
     centres = torch.rand(classes, 1, 6, 6, generator=torch.Generator().manual_seed(100))

@@ -166,6 +166,18 @@ def test_a_runtime_this_machine_lacks_is_refused_before_training(workdir, capsys
     assert not (workdir / "runs").exists()  # nothing written
 
 
+def test_training_on_a_gpu_this_machine_lacks_is_refused_before_training(workdir, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    line = refused_run(capsys, "--set", "train.device=cuda")
+    assert "train.device" in line and "'cuda'" in line and "'cpu'" in line, line
+    assert not (workdir / "runs").exists()
+    line = refused_run(capsys, "--set", "train.device=gpu0")
+    assert "train.device 'gpu0' is not a device name" in line, line
+
+
 # --- export opset -----------------------------------------------------------------------------
 
 
