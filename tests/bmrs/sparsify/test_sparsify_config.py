@@ -8,7 +8,7 @@ from bmrs.sparsify import SparsifyConfig, SparsifyOptimizer
 
 def test_defaults_are_the_papers_and_record_as_plain_values() -> None:
     config = SparsifyConfig()
-    assert (config.epochs, config.max_rounds, config.finetune_epochs, config.spike_ratio, config.batch_size) == (30, 4, 5, 1e-8, 128)
+    assert (config.epochs, config.max_rounds, config.finetune_epochs, config.spike_ratio, config.batch_size) == (10, 4, 5, 1e-8, 128)
     assert config.to_dict()["optimizer"] == "adam"
     assert SparsifyConfig(optimizer="adabelief").optimizer is SparsifyOptimizer.ADABELIEF
 
