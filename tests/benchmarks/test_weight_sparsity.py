@@ -68,11 +68,24 @@ def test_a_changed_setting_recomputes_the_stages_that_depend_on_it(tiny_data, tm
     bench.main([*base, "--no-export", "--dense-epochs", "2"], data=tiny_data)
     second = json.loads((tmp_path / "out" / "raw" / "mlp-seed0-sparse.json").read_text())
     assert first["spec"]["from"]["train"]["epochs"] == 1 and second["spec"]["from"]["train"]["epochs"] == 2
+    bench.main([*base, "--no-export", "--dense-epochs", "2", "--svi-epochs", "2"], data=tiny_data)
+    third = json.loads((tmp_path / "out" / "raw" / "mlp-seed0-sparse.json").read_text())
+    assert third["spec"]["recipe"]["sparsify"]["epochs"] == 2 and len(third["epochs"]) > len(second["epochs"])
+
+
+def test_each_model_gets_its_own_svi_fit_unless_one_is_given() -> None:
+    recipe = bench.Recipe()
+    assert recipe.sparsify_config("mlp").epochs == 10 and recipe.sparsify_config("lenet5").epochs == 30
+    assert recipe.described("lenet5")["sparsify"]["epochs"] == 30
+    given = bench.Recipe(svi_epochs=7)
+    assert {given.sparsify_config(name).epochs for name in bench.MODELS} == {7}
 
 
 def test_refuses_bad_arguments(tmp_path) -> None:
     with pytest.raises(ValueError, match="--seeds must be distinct"):
         bench.main(["--quick", "--seeds", "0", "0", "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="--svi-epochs must be >= 1"):
+        bench.main(["--quick", "--svi-epochs", "0", "--out", str(tmp_path)])
     with pytest.raises(ValueError, match="--dense-epochs must be >= 1"):
         bench.main(["--quick", "--dense-epochs", "0", "--out", str(tmp_path)])
     with pytest.raises(ValueError, match="--export-seed 3 is not one of --seeds"):
