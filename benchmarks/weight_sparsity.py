@@ -39,11 +39,9 @@ baseline for NLL and ECE. ``sparsify_`` keeps its defaults, the paper's k_max = 
 fine-tuning epochs, after a fit whose length was measured both ways on both models (3 seeds each):
 10 epochs remove 94.6% of the MLP's weights but 89.8% of LeNet5's, 30 epochs 91.4% of LeNet5's but
 89.5% of the MLP's, whose posterior stds by then sit at the prior's, where dF is about 0 (its first
-round removed 48% instead of 93%; docs/results.md). Each model gets the fit that worked for it (the
-authors' code fits about 210 epochs before its first pruning). Measured per seed with a 10-epoch fit
-on the shared 2-core machine (other jobs running, 3-5 times slower than alone): MLP dense 14 s and
-sparsify 135-200 s; LeNet5 dense 270 s, sparsify 1,100 s, the structured run 245 s; with the
-30-epoch fit, LeNet5's sparsify took 920-1,160 s beside one other job.
+round removed 48% instead of 93%; docs/results.md), so each model gets the fit that worked for it.
+Per seed on the shared 2-core machine: MLP dense 14 s, sparsify 135-200 s; LeNet5 dense 270 s,
+sparsify 920-1,160 s (30-epoch fit), the structured run 245 s.
 """
 from __future__ import annotations
 

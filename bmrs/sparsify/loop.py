@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from bmrs.data import DataBundle, Split
+from bmrs.data import DataBundle
 from bmrs.devices import available_device, synchronize
 from bmrs.nn.noise import noise_modules
 from bmrs.sparsify.adabelief import AdaBelief
@@ -39,7 +39,7 @@ from bmrs.sparsify.config import SparsifyConfig, SparsifyOptimizer
 from bmrs.sparsify.meanfield import MeanFieldLayer, bmr_prune_, meanfield_layers, to_dense, to_meanfield
 from bmrs.sparsify.records import Position, SparsifyEpoch, SparsifyResult, SparsifyRound
 from bmrs.train.loop import TrainingDivergedError
-from bmrs.train.metrics import ClassificationMetrics, classification_metrics
+from bmrs.train.metrics import classification_metrics
 
 # SVI fits the weights' uncertainty; dropout would add a second, unmodelled one (bmr4pml turns it off too).
 DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
@@ -57,7 +57,7 @@ def sparsify_(
     checkpoint is loaded and returned without training.
     """
     _check_arguments(model, data, config, checkpoint_dir, resume)
-    device = torch.device(config.device)
+    device = available_device(config.device, "sparsify.device")
     path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME
     fingerprint = run_fingerprint(model, data, config) if path is not None else None
     meanfield = to_meanfield(model, prior_std=config.prior_std, output_prior_std=config.output_prior_std, init_std=config.init_std)
@@ -87,7 +87,7 @@ def sparsify_(
             removed, seconds = _timed_prune(prunable, config.spike_ratio, device)
             position.pruned, position.step = True, {"pruned": removed, "seconds": seconds}
             if removed == 0:
-                rounds.append(_round_record(meanfield, layers, data, config, device, position, epochs))
+                rounds.append(_round_record(meanfield, layers, data, config, position, epochs))
                 position.finished = position.stopped_early = True
                 _report(config, rounds[-1])
             save()
@@ -97,7 +97,7 @@ def sparsify_(
             epochs.append(_run_epoch(meanfield, layers, data, config, optimizer, shuffle, device, position))
             position.epoch += 1
             save()
-        rounds.append(_round_record(meanfield, layers, data, config, device, position, epochs))
+        rounds.append(_round_record(meanfield, layers, data, config, position, epochs))
         _report(config, rounds[-1])
         if position.round == config.max_rounds:
             position.finished = True
@@ -122,7 +122,6 @@ def _check_arguments(model: nn.Module, data: DataBundle, config: SparsifyConfig,
         )
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs the checkpoint_dir the interrupted run wrote to")
-    available_device(config.device, "sparsify.device")
 
 
 def _make_optimizer(model: nn.Module, config: SparsifyConfig) -> torch.optim.Optimizer:
@@ -194,18 +193,11 @@ def _timed_prune(prunable: dict[str, MeanFieldLayer], spike_ratio: float, device
     return removed, time.perf_counter() - started
 
 
-def _validation_metrics(meanfield: nn.Module, val: Split, config: SparsifyConfig) -> ClassificationMetrics:
-    was_training = meanfield.training
-    metrics = classification_metrics(meanfield, val, config.eval_batch_size)
-    meanfield.train(was_training)
-    return metrics
-
-
 def _round_record(
     meanfield: nn.Module, layers: dict[str, MeanFieldLayer], data: DataBundle, config: SparsifyConfig,
-    device: torch.device, position: Position, epochs: list[SparsifyEpoch],
+    position: Position, epochs: list[SparsifyEpoch],
 ) -> SparsifyRound:  # fmt: skip
-    metrics = _validation_metrics(meanfield, data.val, config)
+    metrics = classification_metrics(meanfield, data.val, config.eval_batch_size)  # restores the training mode
     if not math.isfinite(metrics.nll):
         # A finite training loss with an infinite validation NLL: means so large that some class gets
         # probability 0. Nothing trained further from here is worth keeping.

@@ -2,6 +2,8 @@
 GPU) training, checkpoints and resuming on CUDA with the model handed back where it came from."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -61,8 +63,6 @@ def test_training_on_cuda_checkpoints_resumes_and_hands_the_model_back(tmp_path,
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     config, cuts = RESUME_CASES[case]
-    from dataclasses import replace
-
     config = replace(config, device="cuda")
     data = synthetic_digits()
     snapshot_every_epoch(monkeypatch, tmp_path)
