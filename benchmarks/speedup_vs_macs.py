@@ -1,17 +1,17 @@
 """Realized ONNX Runtime CPU speed-up of sliced models against their MACs reduction, per model family.
 
     python -m benchmarks.speedup_vs_macs [--models resnet20 lenet5 mobilenet_v2 vit_tiny] [--fraction 0.5]
-        [--round-to 8] [--batch 256] [--warmup 10] [--repeats 100] [--threads N] [--out PATH]
+        [--round-to 8 16] [--batch 256] [--warmup 10] [--repeats 100] [--threads N] [--out PATH]
 
 Each model is built untrained for Fashion-MNIST-like inputs (1x28x28, 10 classes) with noise where its
 family puts it (``bmrs.models.build_network``). The dense model is its noise folded away
 (``bmrs.nn.fold.fold_noise``) before anything is pruned: the plain network at full width. Then about
 ``fraction`` of every group's channels is removed at random (``bmrs.nn.groups.prune_at_random_``) and
-the model is sliced twice (``export.slicing.slice_model``): with ``round_to`` off and with every
-sliced width rounded up to a multiple of ``--round-to``. The three networks are exported to ONNX
+the model is sliced (``export.slicing.slice_model``) with ``round_to`` off and once per ``--round-to``
+value, every sliced width rounded up to a multiple of it. The networks are exported to ONNX
 (``export.onnx_export.export_onnx``, checked against PyTorch) and timed by the product's own
 ``benchmarks.latency.measure_latency`` (what the flow's ``latency_stage`` runs) on ONNX Runtime's
-CPU provider at one batch size, all three interleaved in one round-robin so drift lands on each alike.
+CPU provider at one batch size, all interleaved in one round-robin so drift lands on each alike.
 
 The masks are random, and so are the weights: latency depends only on the layers' widths, not on
 the values in them, so a random mask of a given share measures the same runtime a trained one of the
@@ -65,15 +65,16 @@ def sliced_name(round_to: int | None) -> str:
     return "sliced" if round_to is None else f"sliced_round_to_{round_to}"
 
 
-def measure_model(name: str, fraction: float, round_to: int, config: LatencyConfig, *, seed: int = 0) -> list[dict]:
-    """One row per ``round_to`` in (None, ``round_to``) for model family ``name``: sizes, p50 latencies,
+def measure_model(name: str, fraction: float, round_to: tuple[int, ...], config: LatencyConfig, *,
+                  seed: int = 0) -> list[dict]:  # fmt: skip
+    """One row per rounding in (None, *``round_to``) for model family ``name``: sizes, p50 latencies,
     speed-up and ratio at ``config``'s single batch size on ONNX Runtime's CPU provider."""
     model = build_network(ModelConfig(name), INPUT_SHAPE, NUM_CLASSES, noise=NoiseInit(), seed=seed).eval()
     # Folded before pruning: the dense network keeps every channel, as an unpruned export would.
     dense = fold_noise(model)[0].eval()
     prune_at_random_(model, fraction, seed=seed)
     example = torch.randn(2, *INPUT_SHAPE, generator=torch.Generator().manual_seed(seed))
-    slices = {rounding: slice_model(model, example, round_to=rounding) for rounding in (None, round_to)}
+    slices = {rounding: slice_model(model, example, round_to=rounding) for rounding in (None, *round_to)}
     with tempfile.TemporaryDirectory(prefix=f"speedup_{name}_") as scratch:
         paths = {DENSE_NAME: export_onnx(dense, example[:1], Path(scratch) / "dense.onnx").path}
         for rounding, result in slices.items():
@@ -115,7 +116,7 @@ def _row(name: str, round_to: int | None, result: SliceResult, dense_widths: dic
     }
 
 
-def run(models: list[str], fraction: float, round_to: int, config: LatencyConfig, *, seed: int = 0) -> dict:
+def run(models: list[str], fraction: float, round_to: tuple[int, ...], config: LatencyConfig, *, seed: int = 0) -> dict:
     """Measure every model; return what the JSON file holds."""
     rows = []
     for name in models:
@@ -129,7 +130,7 @@ def run(models: list[str], fraction: float, round_to: int, config: LatencyConfig
         "masks": MASKS_NOTE,
         "target_ratio": TARGET_RATIO,
         "fraction": fraction,
-        "round_to": round_to,
+        "round_to": list(round_to),
         "batch_size": config.batch_sizes[0],
         "seed": seed,
         "input_shape": list(INPUT_SHAPE),
@@ -186,7 +187,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.speedup_vs_macs", description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="registered model families")
     parser.add_argument("--fraction", type=float, default=0.5, help="share of each group's channels removed at random")
-    parser.add_argument("--round-to", type=int, default=8, help="the rounding compared with none (an integer >= 2)")
+    parser.add_argument("--round-to", type=int, nargs="+", default=[8, 16],
+                        help="the roundings compared with none (integers >= 2)")  # fmt: skip
     parser.add_argument("--batch", type=int, default=256, help="batch size timed")
     parser.add_argument("--warmup", type=int, default=10, help="untimed runs per model first")
     parser.add_argument("--repeats", type=int, default=100, help="timed runs per model")
@@ -199,11 +201,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     try:
-        if isinstance(args.round_to, bool) or args.round_to < 2:
-            raise ValueError(f"--round-to is the rounding compared with none and must be >= 2 (e.g. 8), got {args.round_to}")
+        bad = [value for value in args.round_to if value < 2]
+        if bad:
+            raise ValueError(f"--round-to takes the roundings compared with none, each >= 2 (e.g. 8 16), got {bad}")
         config = LatencyConfig(batch_sizes=(args.batch,), warmup=args.warmup, repeats=args.repeats,
                                providers=(Provider.CPU,), intra_op_threads=args.threads, seed=args.seed)  # fmt: skip
-        result = run(list(args.models), args.fraction, args.round_to, config, seed=args.seed)
+        result = run(list(args.models), args.fraction, tuple(dict.fromkeys(args.round_to)), config, seed=args.seed)
     except (ValueError, TypeError) as error:
         print(f"speedup_vs_macs: error: {error}", file=sys.stderr)
         return 2

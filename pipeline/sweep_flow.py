@@ -3,7 +3,8 @@
 
 The dependencies are the serial comparison's (``pipeline.compare.runs``), as task dependencies:
 a seed's dense baseline (task ``dense-baseline``) before its runs that use it, and ``l2`` / ``grad``
-after the same seed's ``bmrs_n`` run, whose per-layer fractions they take as their input. Every
+after the same seed's ``bmrs_n`` run (``--widths-of``'s method), whose per-layer fractions they take
+as their input. Every
 other run is free to run beside any other. Each run task makes its run exactly as ``bmrs run``
 does (``pipeline.cli._execute``: the same compression flow, a subflow of the sweep, into the same
 directory), so a run made on Dask and one made serially are interchangeable, and reused alike.

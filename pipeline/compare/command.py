@@ -2,12 +2,13 @@
 
     bmrs compare [flows.yaml] --flow NAME --methods none l2 etheta snr grad bmrs_n bmrs_u:8 bmrs_u:4
         [--seeds 0 1 2] [--models NAME ...] [--workers N | --dask-address tcp://host:8786]
-        [--set key=value ...] [--out DIR] [--no-progress]
+        [--widths-of bmrs_u:4] [--set key=value ...] [--out DIR] [--no-progress]
 
 Each (method, seed) is an ordinary run of the flow (the ``bmrs run`` path, through the ``execute``
 callback the CLI passes) in ``<out>/<label>/seed<k>/``; only ``train.criterion`` and ``train.seed``
 differ between them. Per seed the dense baseline is trained once and shared (``plan``), the dense
-method first, ``bmrs_n`` before the methods that prune at its per-layer fractions (``l2``, ``grad``).
+method first, ``bmrs_n`` (or ``--widths-of``'s method) before the methods that prune at its per-layer
+fractions (``l2``, ``grad``).
 Rerunning the same command reuses finished runs, resumes begun ones and adds the missing ones; a
 run directory made under other settings is refused, one made by other code or on other data
 (``pipeline.cache``'s key) is moved aside and run again. A failed or degraded run does not stop the
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from pipeline.config import FlowConfig
 
 EXIT_BAD_INPUT = 2
+RATIO_SOURCE = "bmrs_n"  # --widths-of's default: l2 and grad prune at BMRS_N's per-layer fractions, as in the paper
 EXIT_FAILED = 1  # some run has no report (compare.json and the report say why)
 EXIT_DEGRADED = 3  # every run has a report, but some model failed a sanity bound
 
@@ -60,6 +62,9 @@ def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--methods", nargs="+", required=True, metavar="METHOD",
                         help="none, a criterion (bmrs_n), name:VALUE for bmrs_u's p1 (bmrs_u:8), or name:key=value[,key=value]")
     parser.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="train.seed values (default: the flow's)")
+    parser.add_argument("--widths-of", default=RATIO_SOURCE, metavar="METHOD",
+                        help=f"the method whose per-layer fractions l2 and grad prune at, per seed (default: {RATIO_SOURCE}, "
+                        "as in the paper; e.g. bmrs_u:4 where exact BMRS_N removes nothing)")  # fmt: skip
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override any setting of the flow, for every run, e.g. --set train.epochs=3")
     parser.add_argument("--out", type=Path, metavar="DIR", help="the comparison directory (default: <runs_dir>/<flow>/compare)")
@@ -86,6 +91,7 @@ class Comparison:
     data: DataBundle
     data_digest: str = ""  # pipeline.cache.data_digest(data): part of every run's reuse key
     model_label: str | None = None  # with --models: this comparison's model (its folder under --out)
+    ratio_source: str = RATIO_SOURCE  # --widths-of: the method l2 and grad take their per-layer fractions from
 
     @property
     def prefix(self) -> str:
@@ -100,14 +106,14 @@ class Comparison:
         return replace(self, data=data)
 
     def header(self) -> dict[str, Any]:
-        from pipeline.compare.methods import DENSE_FOLDER, RATIO_SOURCE
+        from pipeline.compare.methods import DENSE_FOLDER
 
         return {
             "flow": self.base.name,
             "out_dir": str(self.out_dir),
             "methods": [m.to_dict() for m in self.methods],
             "seeds": list(self.seeds),
-            "ratio_source": RATIO_SOURCE,
+            "ratio_source": self.ratio_source,
             "dense": f"{DENSE_FOLDER}/seed<k>/baseline/checkpoint.pt: the dense baseline of seed k, trained once, in every run of that seed",
             "config": self.base.to_dict(),
         }
@@ -160,12 +166,13 @@ def _prepare_one(args: argparse.Namespace, base: FlowConfig, out_dir: Path, mode
     from pipeline.stages import steps
 
     seeds = check_seeds(args.seeds) if args.seeds is not None else [base.train.seed]
-    methods, added = methods_module.parse_methods(args.methods, base)
+    ratio_source = getattr(args, "widths_of", RATIO_SOURCE)
+    methods, added = methods_module.parse_methods(args.methods, base, ratio_source)
     data = steps.load_data(base)
     for method in methods:  # a layer path naming nothing, or a criterion the model cannot carry, fails now
         steps.check_model(methods_module.with_criterion(base, method.criterion), data)
     plan.check_writable(out_dir)
-    comparison = Comparison(base, methods, seeds, out_dir, data, cache.data_digest(data), model_label)
+    comparison = Comparison(base, methods, seeds, out_dir, data, cache.data_digest(data), model_label, ratio_source)
     check_existing(comparison)
     if added is not None:
         later = ", ".join(m.spec for m in methods if m.at_ratio_source)

@@ -14,6 +14,8 @@ anything is written.
 A criterion with ``layer_ratios`` (l2, grad) given neither ``ratio`` nor ``layer_ratios`` prunes, per
 noise layer, the fraction the same seed's ``bmrs_n`` run ended with (the paper's protocol, as in
 ``benchmarks.paper.table1``): ``Method.at_ratio_source``; the fractions are filled in per seed.
+``bmrs compare --widths-of SPEC`` takes them from another method's run instead (``bmrs_u:4``, on
+models where exact BMRS_N removes nothing at a short budget): the ratio source.
 Unlike table1, which also moves their pruning to after the last training epoch (``prune_start =
 epochs``), they keep the flow's schedule: a method changes ``train.criterion`` and
 ``sparsify.enabled`` and nothing else, so every run of a seed has the same dense baseline (whose
@@ -31,10 +33,10 @@ from typing import Any
 import yaml
 
 from bmrs.criteria import CRITERIA, criterion_settings
+from pipeline.compare.command import RATIO_SOURCE  # light: no torch, no Prefect
 from pipeline.config import ConfigError, FlowConfig, flow_config_from_dict
 from pipeline.config.schema import DENSE_METHOD, WEIGHT_METHOD
 
-RATIO_SOURCE = "bmrs_n"  # the method whose per-layer fractions l2 and grad prune at
 RATIO_SETTINGS = ("ratio", "layer_ratios")  # given either, a fixed-fraction criterion keeps it
 SHORTHAND = {"bmrs_u": "p1"}  # name:VALUE sets this setting
 DENSE_FOLDER = "dense"  # <out>/dense/seed<k>/: the dense baseline shared by a seed's runs; no method's label
@@ -47,8 +49,9 @@ class Method:
     spec: str  # as the user wrote it
     label: str  # its folder under the comparison directory: bmrs_u-p1=8
     criterion: dict[str, Any] | None  # train.criterion as a config tree holds it; None: the dense model
-    at_ratio_source: bool = False  # its layer_ratios are the same seed's bmrs_n fractions
-    is_ratio_source: bool = False  # bmrs_n at its defaults: its fractions are those the others prune at
+    at_ratio_source: bool = False  # its layer_ratios are the same seed's ratio source's fractions
+    is_ratio_source: bool = False  # the ratio source (bmrs_n at its defaults unless --widths-of): others prune at its fractions
+    ratio_source: str = RATIO_SOURCE  # the spec of the method whose fractions an at_ratio_source method prunes at
     sparsify: bool = False  # BMR on weights after training (sparsify.enabled): bmr_weights, or name+bmr_weights
 
     @property
@@ -61,7 +64,7 @@ class Method:
 
     def to_dict(self) -> dict[str, Any]:
         return {"spec": self.spec, "label": self.label, "method": self.name, "criterion": self.criterion,
-                "sparsify": self.sparsify, "layer_ratios_from": RATIO_SOURCE if self.at_ratio_source else None,
+                "sparsify": self.sparsify, "layer_ratios_from": self.ratio_source if self.at_ratio_source else None,
                 "ratio_source": self.is_ratio_source}  # fmt: skip
 
 
@@ -179,9 +182,10 @@ def _parse_one(spec: str, text: str, base: FlowConfig) -> Method:
     return Method(spec=text, label=label, criterion={"name": name, **settings}, at_ratio_source=at_ratio_source)
 
 
-def parse_methods(specs: Sequence[str], base: FlowConfig) -> tuple[list[Method], Method | None]:
+def parse_methods(specs: Sequence[str], base: FlowConfig, ratio_source: str = RATIO_SOURCE) -> tuple[list[Method], Method | None]:
     """The methods in run order (dense first, methods at the ratio source's fractions last) and the
-    ratio source that had to be added for them (None when listed or not needed)."""
+    ratio source that had to be added for them (None when listed or not needed). ``ratio_source`` is
+    the spec of the method whose per-layer fractions l2 and grad prune at (``--widths-of``)."""
     if not specs:
         raise ValueError(f"--methods needs at least one method, e.g. --methods none bmrs_n l2; {known_methods()}")
     methods = [parse_method(spec, base) for spec in specs]
@@ -197,7 +201,8 @@ def parse_methods(specs: Sequence[str], base: FlowConfig) -> tuple[list[Method],
         if method.label == DENSE_FOLDER:
             raise ValueError(f"--methods {method.spec!r}: its folder would be {DENSE_FOLDER!r}, which holds the shared dense baselines")
         seen[key(method)] = method
-    source = parse_method(RATIO_SOURCE, base)
+    source = _ratio_source(ratio_source, base)
+    methods = [replace(m, ratio_source=source.spec) if m.at_ratio_source else m for m in methods]
     listed = seen.get(key(source))
     added = None
     if listed is not None:
@@ -210,6 +215,18 @@ def parse_methods(specs: Sequence[str], base: FlowConfig) -> tuple[list[Method],
     return dense + [m for m in methods if m not in dense and m not in later] + later, added
 
 
+def _ratio_source(spec: str, base: FlowConfig) -> Method:
+    """``--widths-of``'s method: one that prunes structures by itself, so it has fractions to give."""
+    try:
+        source = parse_method(spec, base)
+    except ValueError as error:
+        raise ValueError(f"--widths-of: {error}") from None
+    if source.criterion is None or source.sparsify or source.at_ratio_source:
+        raise ValueError(f"--widths-of {spec!r}: l2 and grad take their per-layer fractions from a method that prunes "
+                         "structures by itself, e.g. bmrs_n or bmrs_u:4 (not none, bmr_weights, +bmr_weights, l2 or grad)")  # fmt: skip
+    return source
+
+
 def method_config(base: FlowConfig, method: Method, seed: int, layer_ratios: dict[str, float] | None = None) -> FlowConfig:
     """The config of ``method``'s run for ``seed``: ``base`` with the method's criterion (and, for a
     method at the ratio source's fractions, ``layer_ratios``), ``sparsify.enabled`` and ``train.seed``;
@@ -217,7 +234,7 @@ def method_config(base: FlowConfig, method: Method, seed: int, layer_ratios: dic
     criterion = method.criterion
     if method.at_ratio_source:
         if layer_ratios is None:
-            raise ValueError(f"method {method.spec!r} needs the per-layer fractions of the {RATIO_SOURCE!r} run of seed {seed}")
+            raise ValueError(f"method {method.spec!r} needs the per-layer fractions of the {method.ratio_source!r} run of seed {seed}")
         criterion = {**criterion, "layer_ratios": dict(layer_ratios)}
     config = with_criterion(base, criterion, sparsify=method.sparsify)
     return replace(config, train=replace(config.train, seed=seed))

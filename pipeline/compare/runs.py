@@ -64,8 +64,8 @@ def write_outcomes(comparison: Comparison, outcomes: list[dict[str, Any]]) -> di
 
 
 def run_seed(comparison: Comparison, seed: int, execute: Execute, train_dense: TrainDense, outcomes: list[dict[str, Any]]) -> None:
-    """The runs of one seed in method order: the dense method first, ``bmrs_n`` before the methods
-    that prune at its per-layer fractions; the dense baseline trained when a run first needs it."""
+    """The runs of one seed in method order: the dense method first, the ratio source (``bmrs_n``
+    unless ``--widths-of``) before the methods that prune at its per-layer fractions; the dense baseline trained when a run first needs it."""
     trained: list[Path | str] = []
 
     def dense() -> Path | str:
@@ -126,7 +126,7 @@ def run_one(
     and, for the ratio source once it has a report, its per-layer fractions (else None). Never
     raises for a run that fails: the outcome says why, and the other runs go on."""
     from pipeline.compare import plan
-    from pipeline.compare.methods import RATIO_SOURCE, method_config
+    from pipeline.compare.methods import method_config
     from pipeline.stages import steps
 
     directory = plan.run_dir(comparison.out_dir, method, seed)
@@ -134,7 +134,7 @@ def run_one(
                                "state": "not run", "reused": False, "error": None}  # fmt: skip
     head = f"bmrs: [{index}/{total}] {comparison.prefix}{method.label} seed {seed}"
     if method.at_ratio_source and fractions is None:
-        outcome["error"] = f"not run: the {RATIO_SOURCE} run of seed {seed} has no report, so there are no per-layer fractions to prune at"
+        outcome["error"] = f"not run: the {method.ratio_source} run of seed {seed} has no report, so there are no per-layer fractions to prune at"
         print(f"{head}: {outcome['error']}", file=sys.stderr)
         return outcome, None
     config = method_config(comparison.base, method, seed, fractions if method.at_ratio_source else None)

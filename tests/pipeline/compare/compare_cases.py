@@ -56,6 +56,7 @@ class FakeExecute:
     degrade: set[str] = field(default_factory=set)  # methods whose runs end degraded
     calls: list[tuple[str, int, bool]] = field(default_factory=list)  # (method, seed, resume)
     dense_present: list[bool] = field(default_factory=list)  # whether the shared baseline was in place
+    pruners: frozenset[str] = frozenset({"bmrs_n"})  # methods whose runs remove PRUNED structures per layer
 
     def __call__(self, config, run_dir: Path, *, resume: bool) -> int:
         self.calls.append((config.method, config.train.seed, resume))
@@ -68,7 +69,7 @@ class FakeExecute:
             model = steps.build(config, data, noisy=True)
             for noise in noise_modules(model).values():
                 gone = torch.zeros(noise.num_structures, dtype=torch.bool)
-                gone[:PRUNED] = config.method == "bmrs_n"
+                gone[:PRUNED] = config.method in self.pruners
                 noise.prune_(gone)
             save_checkpoint(run_dir / "train" / "checkpoint.pt", model, {"finished": True})
         passed = config.method not in self.degrade

@@ -181,3 +181,27 @@ def test_a_comparison_directory_in_use_is_refused(flows, reports, capsys):
     with exclusive_run(out):
         assert run_compare(flows, ["--methods", "none"], FakeExecute()) == 2
     assert "another bmrs process" in capsys.readouterr().err
+
+
+def test_widths_of_takes_l2s_fractions_from_the_named_methods_run(flows, reports, capsys):
+    execute = FakeExecute(pruners=frozenset({"bmrs_u"}))
+    code = run_compare(flows, ["--methods", "none", "l2", "--seeds", "0", "--widths-of", "bmrs_u:4"], execute, CountingDense())
+    assert code == 0
+    assert "bmrs: running bmrs_u:4 too: l2 prune at its per-layer fractions" in capsys.readouterr().out
+    assert [(method, seed) for method, seed, _ in execute.calls] == [("none", 0), ("bmrs_u", 0), ("l2", 0)]
+    out = out_dir(flows)
+    base = load_flow(flows, FLOW)
+    sizes = {name: noise.num_structures for name, noise in noise_modules(steps.build(base, steps.load_data(base), noisy=True)).items()}
+    assert config_of(out / "l2" / "seed0")["train"]["criterion"]["layer_ratios"] == {name: PRUNED / size for name, size in sizes.items()}
+    summary = json.loads((out / "compare.json").read_text())
+    assert summary["ratio_source"] == "bmrs_u:4"
+    assert [(m["label"], m["ratio_source"], m["layer_ratios_from"]) for m in summary["methods"]] == [
+        ("none", False, None), ("bmrs_u-p1=4", True, None), ("l2", False, "bmrs_u:4")]
+
+
+def test_widths_of_a_method_without_fractions_is_one_line_and_exit_2(flows, reports, capsys):
+    execute = FakeExecute()
+    assert run_compare(flows, ["--methods", "l2", "--widths-of", "none"], execute, CountingDense()) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("bmrs: error: --widths-of 'none'")
+    assert execute.calls == [] and not out_dir(flows).exists()

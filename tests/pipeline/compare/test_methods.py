@@ -115,3 +115,23 @@ def test_a_method_at_the_ratio_source_gets_its_fractions_as_layer_ratios(base):
     assert config.train.criterion.ratio_for("1.noise") == 0.375
     with pytest.raises(ValueError, match="needs the per-layer fractions of the 'bmrs_n' run of seed 1"):
         method_config(base, method, seed=1)
+
+
+def test_widths_of_another_method_makes_it_the_ratio_source(base):
+    methods, added = parse_methods(["l2", "none", "grad"], base, "bmrs_u:4")
+    assert [m.label for m in methods] == ["none", "bmrs_u-p1=4", "l2", "grad"] and added.label == "bmrs_u-p1=4"
+    assert [m.is_ratio_source for m in methods] == [False, True, False, False]
+    assert [m.to_dict()["layer_ratios_from"] for m in methods] == [None, None, "bmrs_u:4", "bmrs_u:4"]
+    # Listed under another spelling, the listed run is the source; bmrs_n is then an ordinary method.
+    methods, added = parse_methods(["bmrs_n", "bmrs_u:p1=4", "l2"], base, "bmrs_u:4")
+    assert [(m.label, m.is_ratio_source) for m in methods] == [("bmrs_n", False), ("bmrs_u-p1=4", True), ("l2", False)]
+    assert added is None
+    with pytest.raises(ValueError, match="per-layer fractions of the 'bmrs_u:4' run of seed 3"):
+        method_config(base, methods[2], 3)
+
+
+@pytest.mark.parametrize("source", ["none", "l2", "grad", "bmr_weights", "bmrs_n+bmr_weights", "nothing"])
+def test_widths_of_a_method_without_fractions_of_its_own_is_refused(base, source):
+    with pytest.raises(ValueError, match="--widths-of") as error:
+        parse_methods(["l2"], base, source)
+    assert source in str(error.value) and "\n" not in str(error.value)
