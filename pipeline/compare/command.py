@@ -62,7 +62,7 @@ def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--methods", nargs="+", required=True, metavar="METHOD",
                         help="none, a criterion (bmrs_n), name:VALUE for bmrs_u's p1 (bmrs_u:8), or name:key=value[,key=value]")
     parser.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="train.seed values (default: the flow's)")
-    parser.add_argument("--widths-of", default=RATIO_SOURCE, metavar="METHOD",
+    parser.add_argument("--widths-of", metavar="METHOD",
                         help=f"the method whose per-layer fractions l2 and grad prune at, per seed (default: {RATIO_SOURCE}, "
                         "as in the paper; e.g. bmrs_u:4 where exact BMRS_N removes nothing)")  # fmt: skip
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -166,8 +166,12 @@ def _prepare_one(args: argparse.Namespace, base: FlowConfig, out_dir: Path, mode
     from pipeline.stages import steps
 
     seeds = check_seeds(args.seeds) if args.seeds is not None else [base.train.seed]
-    ratio_source = getattr(args, "widths_of", RATIO_SOURCE)
+    widths_of = getattr(args, "widths_of", None)
+    ratio_source = widths_of or RATIO_SOURCE
     methods, added = methods_module.parse_methods(args.methods, base, ratio_source)
+    if widths_of is not None and not any(m.at_ratio_source for m in methods):
+        print(f"bmrs: note: --widths-of {widths_of} is unused: no method listed prunes at another's fractions "
+              "(l2 or grad given neither ratio nor layer_ratios)")  # fmt: skip
     data = steps.load_data(base)
     for method in methods:  # a layer path naming nothing, or a criterion the model cannot carry, fails now
         steps.check_model(methods_module.with_criterion(base, method.criterion), data)

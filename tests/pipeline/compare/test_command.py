@@ -199,6 +199,14 @@ def test_widths_of_takes_l2s_fractions_from_the_named_methods_run(flows, reports
         ("none", False, None), ("bmrs_u-p1=4", True, None), ("l2", False, "bmrs_u:4")]
 
 
+def test_widths_of_without_a_method_to_use_it_says_it_is_unused(flows, reports, capsys):
+    execute = FakeExecute(pruners=frozenset({"bmrs_u"}))
+    code = run_compare(flows, ["--methods", "none", "bmrs_u:4", "--seeds", "0", "--widths-of", "bmrs_u:4"], execute, CountingDense())
+    assert code == 0
+    assert "bmrs: note: --widths-of bmrs_u:4 is unused" in capsys.readouterr().out
+    assert [(method, seed) for method, seed, _ in execute.calls] == [("none", 0), ("bmrs_u", 0)]
+
+
 def test_widths_of_a_method_without_fractions_is_one_line_and_exit_2(flows, reports, capsys):
     execute = FakeExecute()
     assert run_compare(flows, ["--methods", "l2", "--widths-of", "none"], execute, CountingDense()) == 2
