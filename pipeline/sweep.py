@@ -8,7 +8,11 @@ each, so that each runs one run at a time, and each run's torch uses ``cores // 
 threads: concurrent runs never ask for more threads than there are cores (on 2 cores, 2 workers of
 1 torch thread each). Processes, not threads, because torch's thread count and random state are
 per process, and runs must not share them. The cluster binds 127.0.0.1, has no dashboard and no
-memory limit (Dask would kill a worker training a large model), and ends with this process: its
+memory limit (Dask would kill a worker training a large model), and none of the nanny's default
+``MALLOC_TRIM_THRESHOLD_=65536``: set, it fixes glibc's mmap threshold at 128 KiB, so every large
+tensor is mapped and unmapped afresh and each training step spends its time in page faults (ResNet-20
+trained about 3x slower per CPU second in such a worker: ``benchmarks.dask_worker_speed``). A value
+the user exported is still inherited. It ends with this process: its
 scheduler runs inside it, and each worker process exits as soon as the pipe to its parent closes
 (Dask's own guard), ``kill -9`` included.
 
@@ -19,7 +23,10 @@ version), see the comparison folders at the same paths (a shared file system: ru
 directories there) and reach the Prefect API this process uses. Each fails with one line naming
 the fix. Each worker process runs one run at a time, whatever its thread count (``pipeline.sweep_flow``):
 start workers with ``dask worker ADDRESS --nworkers K --nthreads 1`` for K runs at once on a machine;
-each run's torch then uses that machine's cores divided by its K worker processes.
+each run's torch then uses that machine's cores divided by its K worker processes. A worker whose
+process has Dask's ``MALLOC_TRIM_THRESHOLD_`` gets a note line with the fix (start it with
+``--no-nanny``, or set ``distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_: null`` in its
+Dask config): it works, about 3x slower.
 """
 from __future__ import annotations
 
@@ -39,6 +46,8 @@ os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
 PROBE_TIMEOUT_S = 5.0  # a TCP connect to the scheduler
 CONNECT_TIMEOUT_S = 30.0  # Dask's handshake once the port answers
 WORKERS_TIMEOUT_S = 60.0  # for the first worker of an existing cluster to be there
+TRIM_VARIABLE = "MALLOC_TRIM_THRESHOLD_"
+TRIM_SETTING = f"distributed.nanny.pre-spawn-environ.{TRIM_VARIABLE}"  # Dask's nanny sets it to 65536 by default
 DASK_EXAMPLE = "start one with `dask scheduler` and `dask worker tcp://HOST:8786`, or use --workers N for a local cluster"
 
 
@@ -131,14 +140,16 @@ def dask_cluster(choice: ClusterChoice, runs: int, start_api: Callable[[], str],
 
 @contextmanager
 def _local_cluster(plan: LocalPlan, api_url: str) -> Iterator[Cluster]:
+    import dask
     from distributed import LocalCluster
 
     threads = str(plan.threads)
     env = {"DASK_LOGGING__DISTRIBUTED": "error", "PREFECT_API_URL": api_url,
            "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}  # fmt: skip
     print(f"bmrs: starting {plan.describe()}")
-    cluster = LocalCluster(n_workers=plan.workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                           dashboard_address=None, memory_limit=0, env=env)  # fmt: skip
+    with dask.config.set({TRIM_SETTING: None}):  # None: not set in the workers (see the module's docstring)
+        cluster = LocalCluster(n_workers=plan.workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address=None, memory_limit=0, env=env)  # fmt: skip
     try:
         yield Cluster(cluster.scheduler_address, api_url, {}, plan.threads)
     finally:
@@ -180,7 +191,8 @@ def worker_facts(paths: list[str], api_url: str) -> dict[str, Any]:
     from pipeline.server import health_problem
 
     return {"cores": usable_cores(), "code": code_version(), "host": socket.gethostname(),
-            "missing": [path for path in paths if not Path(path).exists()], "api": health_problem(api_url)}  # fmt: skip
+            "missing": [path for path in paths if not Path(path).exists()], "api": health_problem(api_url),
+            "malloc_trim": os.environ.get(TRIM_VARIABLE)}  # fmt: skip
 
 
 def check_workers(address: str, facts: dict[str, dict[str, Any]], api_url: str) -> dict[str, int]:
@@ -202,4 +214,10 @@ def check_workers(address: str, facts: dict[str, dict[str, Any]], api_url: str) 
     per_host: dict[str, int] = {}  # worker processes per machine: each runs one run at a time (pipeline.sweep_flow)
     for fact in facts.values():
         per_host[fact["host"]] = per_host.get(fact["host"], 0) + 1
+    trimming = sorted(worker for worker, fact in facts.items() if fact.get("malloc_trim") is not None)
+    if trimming:  # works, only slower: a note, not a refusal
+        value = facts[trimming[0]]["malloc_trim"]
+        print(f"bmrs: note: {len(trimming)} of {len(facts)} workers ({trimming[0]}, ...) run with {TRIM_VARIABLE}={value} "
+              "(Dask's nanny default), which makes torch training about 3x slower (benchmarks.dask_worker_speed); "
+              f"start them with `dask worker --no-nanny` or set {TRIM_SETTING}: null in their Dask config")  # fmt: skip
     return {worker: max(1, fact["cores"] // per_host[fact["host"]]) for worker, fact in facts.items()}

@@ -105,6 +105,34 @@ def test_an_existing_clusters_workers_must_share_code_files_and_the_prefect_api(
         assert str(raised.value).startswith("--dask-address tcp://s:8786: worker tcp://b:1") and fragment in str(raised.value)
 
 
+def test_workers_that_trim_malloc_are_used_with_a_note_naming_the_fix(capsys):
+    from pipeline.cache import code_version
+
+    fact = {"cores": 2, "code": code_version(), "host": "a", "missing": [], "api": None}
+    assert check_workers("tcp://s:8786", {"tcp://a:1": {**fact, "malloc_trim": None}}, "http://s/api") == {"tcp://a:1": 2}
+    assert capsys.readouterr().out == ""
+    threads = check_workers("tcp://s:8786", {"tcp://a:1": {**fact, "malloc_trim": "65536"}, "tcp://a:2": fact}, "http://s/api")
+    assert threads == {"tcp://a:1": 1, "tcp://a:2": 1}
+    note = capsys.readouterr().out
+    assert note.startswith("bmrs: note: 1 of 2 workers (tcp://a:1, ...) run with MALLOC_TRIM_THRESHOLD_=65536")
+    assert "--no-nanny" in note and "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_: null" in note
+
+
+def test_a_local_clusters_workers_do_not_inherit_the_nannys_malloc_trim_threshold(monkeypatch):
+    """Dask's nanny exports MALLOC_TRIM_THRESHOLD_=65536 into its workers by default, which costs torch
+    training about 3x (benchmarks.dask_worker_speed); the local cluster leaves it out, and this
+    process's environment stays as it was."""
+    from distributed import Client
+
+    from pipeline.sweep import TRIM_VARIABLE, _local_cluster
+
+    monkeypatch.delenv(TRIM_VARIABLE, raising=False)
+    with _local_cluster(plan_local(1, runs=1, cores=1), "http://127.0.0.1:9/api") as cluster, Client(cluster.address) as client:
+        seen = client.run(os.environ.get, TRIM_VARIABLE)
+    assert list(seen.values()) == [None]
+    assert TRIM_VARIABLE not in os.environ
+
+
 FACTORIES = """
 from torch import nn
 
