@@ -25,8 +25,8 @@ the fix. Each worker process runs one run at a time, whatever its thread count (
 start workers with ``dask worker ADDRESS --nworkers K --nthreads 1`` for K runs at once on a machine;
 each run's torch then uses that machine's cores divided by its K worker processes. A worker whose
 process has Dask's ``MALLOC_TRIM_THRESHOLD_`` gets a note line with the fix (start it with
-``--no-nanny``, or set ``distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_: null`` in its
-Dask config): it works, about 3x slower.
+``distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_: null`` in its Dask config; an
+environment variable cannot say it, Dask lower-cases their keys): it works, about 3x slower.
 """
 from __future__ import annotations
 
@@ -219,5 +219,6 @@ def check_workers(address: str, facts: dict[str, dict[str, Any]], api_url: str) 
         value = facts[trimming[0]]["malloc_trim"]
         print(f"bmrs: note: {len(trimming)} of {len(facts)} workers ({trimming[0]}, ...) run with {TRIM_VARIABLE}={value} "
               "(Dask's nanny default), which makes torch training about 3x slower (benchmarks.dask_worker_speed); "
-              f"start them with `dask worker --no-nanny` or set {TRIM_SETTING}: null in their Dask config")  # fmt: skip
+              f"restart them with {TRIM_SETTING}: null in their Dask config (a YAML file in DASK_CONFIG's folder, "
+              "docs/configuration.md)")  # fmt: skip
     return {worker: max(1, fact["cores"] // per_host[fact["host"]]) for worker, fact in facts.items()}
