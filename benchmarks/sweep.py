@@ -89,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "command": " ".join(command(Path("OUT"), ["[--workers N]"])[1:]),
         "cores": os.cpu_count(),
-        "note": "A shared 2-core machine, busy with other jobs while this ran (see each command's load average): "
-                "the ratios are the figures, not the absolute times",
+        "note": f"A {os.cpu_count()}-core machine, perhaps shared with other jobs (each command's load average is "
+                "beside it): the ratios are the figures, not the absolute times",
         "runs": [serial, dask, rerun],
         "dask_over_serial": dask["wall_seconds"] / serial["wall_seconds"],
         "speedup_dask": serial["wall_seconds"] / dask["wall_seconds"],
@@ -119,7 +119,7 @@ def markdown(result: dict[str, Any]) -> str:
               f" (the rerun started no cluster and trained nothing: {result['rerun_started_no_cluster']})",
               "- Why Dask gains on 2 cores although each serial run's torch already uses both: not all of a run is torch's "
               "multi-threaded kernels (Python, the ONNX exporter, Prefect's bookkeeping and file I/O use one core), and two "
-              "runs at once overlap those; on a machine this loaded, two processes may also get a larger share of the CPU "
+              "runs at once overlap those; on a loaded machine, two processes may also get a larger share of the CPU "
               "than one. The two were not measured apart. What Dask costs: starting the cluster and each worker importing "
               "torch and the pipeline once.",
               f"- pruned accuracy per run, serial: {result['accuracy']['serial']}",
