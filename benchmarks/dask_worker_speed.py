@@ -34,7 +34,7 @@ RESULTS = Path(__file__).parent / "results" / "dask_worker_speed.json"
 INPUT_SHAPE = (1, 28, 28)
 NUM_CLASSES = 10
 WARMUP_STEPS = 10
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+NO_API = "http://127.0.0.1:9/api"  # the timed function reports nothing to Prefect
 HERE, SWEEP_WORKER, DASK_DEFAULT_WORKER = "this process", "bmrs sweep worker", "Dask default worker"
 
 
@@ -74,16 +74,18 @@ def _in_worker(cluster_address: str, model_name: str, batch: int, steps: int) ->
 
 
 def _in_sweep_worker(model_name: str, batch: int, steps: int) -> dict[str, float | str | None]:
-    from pipeline.sweep import _local_cluster, plan_local
+    from pipeline.sweep import local_cluster, plan_local
 
-    with _local_cluster(plan_local(1, runs=1, cores=1), "http://127.0.0.1:9/api") as cluster:
+    with local_cluster(plan_local(1, runs=1, cores=1), NO_API) as cluster:
         return _in_worker(cluster.address, model_name, batch, steps)
 
 
 def _in_dask_default_worker(model_name: str, batch: int, steps: int) -> dict[str, float | str | None]:
     from distributed import LocalCluster
 
-    env = dict.fromkeys(THREAD_VARIABLES, "1")  # as the sweep's workers: only the nanny's own additions differ
+    from pipeline.sweep import worker_environment
+
+    env = worker_environment(1, NO_API)  # as the sweep's workers: only the nanny's own additions differ
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
                       memory_limit=0, env=env) as cluster:  # fmt: skip
         return _in_worker(cluster.scheduler_address, model_name, batch, steps)

@@ -132,24 +132,29 @@ def dask_cluster(choice: ClusterChoice, runs: int, start_api: Callable[[], str],
     (or names) the Prefect API and returns its URL: called once the cluster answers, so that an
     unreachable address fails with nothing started."""
     if choice.address is None:
-        with _local_cluster(plan_local(choice.workers or 1, runs, usable_cores()), start_api()) as cluster:
+        with local_cluster(plan_local(choice.workers or 1, runs, usable_cores()), start_api()) as cluster:
             yield cluster
         return
     yield _existing_cluster(choice.address, start_api, paths)
 
 
+def worker_environment(threads: int, api_url: str) -> dict[str, str]:
+    """What a local worker process is given besides this process's environment (and, unless told
+    otherwise, the nanny's own additions)."""
+    return {"DASK_LOGGING__DISTRIBUTED": "error", "PREFECT_API_URL": api_url,
+            **dict.fromkeys(("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"), str(threads))}  # fmt: skip
+
+
 @contextmanager
-def _local_cluster(plan: LocalPlan, api_url: str) -> Iterator[Cluster]:
+def local_cluster(plan: LocalPlan, api_url: str) -> Iterator[Cluster]:
+    """A local cluster of ``plan``'s workers for the block (what ``--workers N`` starts), closed after."""
     import dask
     from distributed import LocalCluster
 
-    threads = str(plan.threads)
-    env = {"DASK_LOGGING__DISTRIBUTED": "error", "PREFECT_API_URL": api_url,
-           "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}  # fmt: skip
     print(f"bmrs: starting {plan.describe()}")
     with dask.config.set({TRIM_SETTING: None}):  # None: not set in the workers (see the module's docstring)
         cluster = LocalCluster(n_workers=plan.workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=None, memory_limit=0, env=env)  # fmt: skip
+                               dashboard_address=None, memory_limit=0, env=worker_environment(plan.threads, api_url))  # fmt: skip
     try:
         yield Cluster(cluster.scheduler_address, api_url, {}, plan.threads)
     finally:

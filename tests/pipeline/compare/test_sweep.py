@@ -124,10 +124,10 @@ def test_a_local_clusters_workers_do_not_inherit_the_nannys_malloc_trim_threshol
     process's environment stays as it was."""
     from distributed import Client
 
-    from pipeline.sweep import TRIM_VARIABLE, _local_cluster
+    from pipeline.sweep import TRIM_VARIABLE, local_cluster
 
     monkeypatch.delenv(TRIM_VARIABLE, raising=False)
-    with _local_cluster(plan_local(1, runs=1, cores=1), "http://127.0.0.1:9/api") as cluster, Client(cluster.address) as client:
+    with local_cluster(plan_local(1, runs=1, cores=1), "http://127.0.0.1:9/api") as cluster, Client(cluster.address) as client:
         seen = client.run(os.environ.get, TRIM_VARIABLE)
     assert list(seen.values()) == [None]
     assert TRIM_VARIABLE not in os.environ
