@@ -178,7 +178,27 @@ def share_dense(directory: Path, run: Path, config: FlowConfig) -> list[Path]:
 
 def layer_fractions(config: FlowConfig, data: DataBundle, directory: Path) -> dict[str, float]:
     """Per noise layer, the fraction of its structures the finished run of ``config`` in ``directory``
-    had removed: read from the masks of the checkpoint its report's model was sliced from, so a
-    criterion given these as ``layer_ratios`` removes exactly as many structures per layer."""
-    model = steps.restore(config, data, Path(directory) / "train" / "checkpoint.pt", noisy=True)
-    return {name: (noise.num_structures - int(noise.mask.sum())) / noise.num_structures for name, noise in noise_modules(model).items()}
+    had removed, so a criterion given these as ``layer_ratios`` removes exactly as many structures per
+    layer. Read from the masks of the checkpoint its report's model was sliced from; where that
+    checkpoint is gone (results kept without their ``.pt`` files, as committed under
+    ``benchmarks/results/``), from the last epoch of ``train/history.json``, whose ``alive`` counts
+    are those masks' sums."""
+    checkpoint = Path(directory) / "train" / "checkpoint.pt"
+    if checkpoint.is_file():
+        model = steps.restore(config, data, checkpoint, noisy=True)
+        return {name: (noise.num_structures - int(noise.mask.sum())) / noise.num_structures for name, noise in noise_modules(model).items()}
+    history_path = Path(directory) / "train" / "history.json"
+    try:
+        alive = json.loads(history_path.read_text())[-1]["alive"]
+    except (OSError, ValueError, LookupError, TypeError):
+        raise CheckpointError(
+            f"{directory}: neither train/checkpoint.pt nor a readable train/history.json with per-layer 'alive' counts; "
+            "re-run this method (delete its folder) so it has per-layer fractions to give"
+        ) from None
+    sizes = {name: noise.num_structures for name, noise in noise_modules(steps.build(config, data, noisy=True)).items()}
+    if not isinstance(alive, dict) or set(alive) != set(sizes):
+        raise CheckpointError(
+            f"{history_path}: its 'alive' counts name other noise layers than flow {config.name!r} builds; "
+            "re-run this method (delete its folder) so its fractions match the model"
+        )
+    return {name: (size - int(alive[name])) / size for name, size in sizes.items()}

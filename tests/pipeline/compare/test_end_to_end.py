@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,8 @@ from compare_cases import FLOW, write_blobs, write_flows
 from prefect_env import prefect_environment
 
 from bmrs.nn.noise import noise_modules
-from pipeline.config import load_flow
+from pipeline.compare import plan
+from pipeline.config import flow_config_from_dict, load_flow
 from pipeline.stages import steps
 
 REPO = Path(__file__).resolve().parents[3]
@@ -64,6 +66,12 @@ def test_compare_trains_the_dense_baseline_once_and_shares_it_bit_for_bit(tmp_pa
     assert criterion["name"] == "l2" and criterion["layer_ratios"] == fractions
     assert reports["l2"]["pruned"]["widths"] == reports["bmrs_n"]["pruned"]["widths"]
     assert reports["l2"]["pruned"]["params"] == reports["bmrs_n"]["pruned"]["params"]
+    # Results kept without their checkpoints (as committed) still give the same fractions: the
+    # training history's last 'alive' counts are the final masks' sums.
+    kept = tmp_path / "kept_without_checkpoints"
+    shutil.copytree(runs["bmrs_n"], kept, ignore=shutil.ignore_patterns("*.pt", "*.onnx"))
+    bmrs_n = json.loads((runs["bmrs_n"] / "config.json").read_text())
+    assert plan.layer_fractions(flow_config_from_dict(bmrs_n), data, kept) == fractions
 
     # The same command again reuses every run and trains nothing.
     before = {path: path.read_bytes() for run in runs.values() for path in (run / "report.json", run / "train" / "checkpoint.pt")}

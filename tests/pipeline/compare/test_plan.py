@@ -101,3 +101,14 @@ def test_layer_ratios_unknown_yet_are_left_out_of_the_comparison(setup, tmp_path
     with pytest.raises(ValueError, match=r"train.criterion.layer_ratios.1.noise: 0.25 there, 0.5 now"):
         plan.inspect(run, later)
     assert json.loads((run / "config.json").read_text())["train"]["criterion"]["layer_ratios"] == {"1.noise": 0.25, "3.noise": 0.5}
+
+
+def test_fractions_without_checkpoint_or_history_name_the_fix(setup, tmp_path):
+    base, data, _ = setup
+    config = method_config(base, parse_method("bmrs_n", base), seed=0)
+    with pytest.raises(ValueError, match="neither train/checkpoint.pt nor a readable train/history.json"):
+        plan.layer_fractions(config, data, tmp_path)
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "history.json").write_text(json.dumps([{"epoch": 1, "alive": {"other.noise": 3}}]))
+    with pytest.raises(ValueError, match="name other noise layers than flow 'tiny' builds"):
+        plan.layer_fractions(config, data, tmp_path)
