@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 
 import yaml
-from conftest import write_blobs
+from pipeline_data import write_blobs
 from prefect_env import prefect_environment
 
 from pipeline.config import load_flow

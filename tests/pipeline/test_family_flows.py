@@ -9,7 +9,7 @@ import sys
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import REPO, write_blobs
+from pipeline_data import REPO, write_blobs
 from prefect_env import prefect_environment
 
 from export.onnx_options import read_metadata

@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from conftest import write_blobs
+from pipeline_data import write_blobs
 from prefect_env import prefect_environment
 from test_schedule_config import isolate_prefect_environment
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from bmrs.artifacts import write_json
-from conftest import write_blobs as write_pipeline_blobs  # tests/pipeline/conftest.py
+from pipeline_data import write_blobs as write_pipeline_blobs
 from bmrs.nn.noise import noise_modules
 from bmrs.train.checkpoint import save_checkpoint
 from pipeline.compare import plan

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 import torch
-from conftest import write_blobs
+from pipeline_data import write_blobs
 from prefect_env import prefect_environment
 
 from export.onnx_options import read_metadata

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import write_blobs
+from pipeline_data import write_blobs
 from prefect_env import prefect_environment
 
 from bmrs.train.checkpoint import CheckpointError, read_checkpoint

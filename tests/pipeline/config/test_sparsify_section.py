@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import write_blobs
+from pipeline_data import write_blobs
 
 from bmrs.criteria import BMRSLogUniform
 from bmrs.sparsify import SparsifyConfig, SparsifyOptimizer

@@ -9,7 +9,7 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-from conftest import write_blobs
+from pipeline_data import write_blobs
 from onnx import numpy_helper
 
 import bmrs.sparsify.loop as sparsify_loop
