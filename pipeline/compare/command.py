@@ -21,6 +21,7 @@ anything is written).
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -289,12 +290,27 @@ def finish(comparison: Comparison, summary: dict[str, Any]) -> int:
         except (ImportError, ValueError, OSError) as error:  # ValueError: no run finished with its checks passed
             print(f"bmrs: {counts}; the comparison report was not written: {error}", file=sys.stderr)
             written = False
+    if written:
+        _warn_of_differing_baselines(comparison.out_dir / "report.json")
     if failed:
         listed = "; ".join(f"{comparison.prefix}{row['method']} seed {row['seed']} ({row['error']})" for row in failed)
         print(f"bmrs: runs without a report: {listed}; the same `bmrs compare` command retries them", file=sys.stderr)
     if failed or not written:
         return EXIT_FAILED
     return EXIT_DEGRADED if degraded else 0
+
+
+def _warn_of_differing_baselines(report_json: Path) -> None:
+    """Runs reused from before beside runs whose dense baseline was retrained (its checkpoint gone)
+    can stand on different dense models; the report notes it, and so does the command."""
+    try:
+        disagreements = json.loads(report_json.read_text()).get("dense_disagreements") or []
+    except (OSError, ValueError, AttributeError):
+        return
+    if disagreements:
+        print(f"bmrs: warning: runs of the same seed were measured against different dense models (a retrained baseline "
+              f"did not reproduce the first): {' | '.join(disagreements)}; to compare on one, delete those runs' folders "
+              "and run the same command again", file=sys.stderr)
 
 
 def _report_key(title: str, run_dirs: list[Path]) -> str:

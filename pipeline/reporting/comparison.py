@@ -68,6 +68,7 @@ class Comparison:
     excluded: tuple[Run, ...]
     energy_words: tuple[tuple[str, tuple[str, ...]], ...]  # (how measured, the runs measured so)
     pareto: tuple[str, ...]  # labels on the latency-accuracy Pareto front
+    dense_disagreements: tuple[str, ...] = ()  # seeds whose runs measured different dense models
 
 
 def aggregate(rows: Sequence[Mapping[str, float | None]]) -> dict[str, dict[str, Any]]:
@@ -92,7 +93,7 @@ def pareto_front(points: Sequence[tuple[float | None, float | None]]) -> list[in
 
 
 def _group_key(report: Mapping[str, Any]) -> tuple[Any, ...]:
-    settings = settings_text(dict(sorted(fig.criterion_settings(report).items())))  # p1=4 and p1=4.0: one group
+    settings = settings_text(dict(sorted(fig.comparable_settings(report).items())))  # p1=4 and p1=4.0: one group
     return (report.get("method"), settings, *(_varying_value(report, name) for name in _VARYING))
 
 
@@ -142,6 +143,19 @@ def _dense_group(runs: Sequence[Run], runtime: str | None, batches: list[int]) -
     return Group("dense reference", fig.DENSE_METHOD, tuple(chosen), tuple(rows), metrics, metrics, reference=True)
 
 
+def dense_disagreements(runs: Sequence[Run]) -> list[str]:
+    """Per seed whose runs report different dense accuracies, a line naming them: those runs were
+    measured against different dense models (a baseline retrained after its checkpoint was deleted
+    need not reproduce the first bit for bit), so the dense row stands for one of them only."""
+    by_seed: dict[Any, dict[float, list[str]]] = {}
+    for run in runs:
+        accuracy = number(fig.section(run.report, "dense", "accuracy"))
+        if accuracy is not None and run.seed is not None:
+            by_seed.setdefault(run.seed, {}).setdefault(accuracy, []).append(fig.method_label(run.report))
+    return [f"seed {seed}: " + "; ".join(f"{accuracy:.2%} in {', '.join(labels)}" for accuracy, labels in found.items())
+            for seed, found in by_seed.items() if len(found) > 1]
+
+
 def build_comparison(runs: Sequence[Run], title: str | None = None) -> Comparison:
     included = [run for run in runs if run.included]
     excluded = tuple(run for run in runs if not run.included)
@@ -185,6 +199,7 @@ def build_comparison(runs: Sequence[Run], title: str | None = None) -> Compariso
         excluded=excluded,
         energy_words=tuple((text, tuple(dirs)) for text, dirs in words.items()),
         pareto=tuple(candidates[i].label for i in front),
+        dense_disagreements=tuple(dense_disagreements(included)),
     )
 
 
@@ -209,6 +224,7 @@ def comparison_json(comparison: Comparison, out_dir: Path, plots: Mapping[str, s
         "groups": [group(g) for g in comparison.groups],
         "pareto_front": {"axes": "p50 at the largest batch (lower is better) vs accuracy (higher is better)",
                          "labels": list(comparison.pareto)},
+        "dense_disagreements": list(comparison.dense_disagreements),
         "excluded": [{"run_dir": str(run.run_dir), "label": fig.method_label(run.report) if run.report else None,
                       "state": run.state, "warning": run.error} for run in comparison.excluded],
         "energy": [{"how_measured": text, "run_dirs": list(dirs)} for text, dirs in comparison.energy_words],

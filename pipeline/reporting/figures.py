@@ -33,10 +33,24 @@ def criterion_settings(report: Mapping[str, Any]) -> dict[str, Any]:
     return dict(settings) if isinstance(settings, Mapping) else {}
 
 
-def method_label(report: Mapping[str, Any]) -> str:
-    """The method and the criterion settings it changed from their defaults, e.g. ``bmrs_u (p1=4)``."""
-    method = str(report.get("method") or "unknown method")
+PER_LAYER = "per layer"  # what a label shows for layer_ratios, the per-layer fractions of another run
+
+
+def comparable_settings(report: Mapping[str, Any]) -> dict[str, Any]:
+    """``criterion_settings`` as a comparison groups and labels runs: per-layer ratios (``bmrs
+    compare``'s l2 and grad, at another method's fractions of the same seed) stand as ``per layer``,
+    so one method at each seed's own fractions is one group, and a label stays one line."""
     settings = criterion_settings(report)
+    if isinstance(settings.get("layer_ratios"), Mapping):
+        settings["layer_ratios"] = PER_LAYER
+    return settings
+
+
+def method_label(report: Mapping[str, Any]) -> str:
+    """The method and the criterion settings it changed from their defaults, e.g. ``bmrs_u (p1=4)``
+    or ``l2 (layer_ratios=per layer)``."""
+    method = str(report.get("method") or "unknown method")
+    settings = comparable_settings(report)
     return f"{method} ({settings_text(settings)})" if settings else method
 
 

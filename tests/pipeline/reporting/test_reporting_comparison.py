@@ -198,3 +198,23 @@ def test_training_energy_is_unknown_when_a_stage_ran_unmeasured(tmp_path):
             make_run(tmp_path / "b", seed=1, edit=no_fine_tuning), make_run(tmp_path / "c", seed=2)]
     data = strict_json(write_comparison(dirs, tmp_path / "cmp").parent / "report.json")
     assert data["groups"][0]["metrics"]["training_energy_kwh"]["values"] == pytest.approx([0.002, 0.0025])
+
+
+def test_l2_at_each_seeds_own_fractions_is_one_method_and_differing_baselines_are_named(tmp_path):
+    """``bmrs compare --widths-of`` gives l2 each seed's own per-layer fractions: one group, one
+    short label. Runs of one seed measured against different dense models (a baseline retrained
+    after its checkpoint was deleted) are named, since the dense row stands for one of them."""
+    def dense_accuracy(value):
+        def edit(report):
+            report["dense"]["accuracy"] = value
+        return edit
+
+    dirs = [make_run(tmp_path / f"l2_{seed}", method="l2", seed=seed, settings={"layer_ratios": {"1.noise": 0.25 * (seed + 1)}},
+                     edit=dense_accuracy(0.9 if seed == 0 else 0.88)) for seed in (0, 1)]  # fmt: skip
+    dirs += [make_run(tmp_path / f"none_{seed}", method="none", seed=seed, edit=dense_accuracy(0.9)) for seed in (0, 1)]
+    text = write_comparison(dirs, tmp_path / "cmp").read_text()
+    data = strict_json(tmp_path / "cmp" / "report.json")
+    assert [(group["label"], group["seeds"]) for group in data["groups"]] == [("l2 (layer_ratios=per layer)", [0, 1]), ("none", [0, 1])]
+    assert data["dense_disagreements"] == ["seed 1: 88.00% in l2 (layer_ratios=per layer); 90.00% in none"]
+    assert "measured against different dense models" in text and "seed 1: 88.00% in l2" in text
+    assert "seed 0:" not in " ".join(data["dense_disagreements"])
