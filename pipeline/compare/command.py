@@ -309,7 +309,7 @@ def _warn_of_differing_baselines(report_json: Path) -> None:
         return
     if disagreements:
         print(f"bmrs: warning: runs of the same seed were measured against different dense models (a retrained baseline "
-              f"did not reproduce the first): {' | '.join(disagreements)}; to compare on one, delete those runs' folders "
+              f"did not reproduce the first, e.g. on a CPU of another instruction set): {' | '.join(disagreements)}; to compare on one, delete those runs' folders "
               "and run the same command again", file=sys.stderr)
 
 

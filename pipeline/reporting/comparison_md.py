@@ -98,7 +98,8 @@ def _notes(comparison: Comparison) -> list[str]:
         lines.append("The dense baselines were not trained (baseline.enabled: false): the dense row gives their size only.")
     if comparison.dense_disagreements:
         lines.append("Note: runs of the same seed were measured against different dense models (a baseline retrained "
-                     "did not reproduce the first bit for bit), so the dense row stands for one of them; each row's "
+                     "did not reproduce the first bit for bit, e.g. on a CPU of another instruction set: each report's "
+                     "cpu_capability), so the dense row stands for one of them; each row's "
                      "speed-up is against its own runs' dense model. Dense accuracy per seed: "
                      + " | ".join(comparison.dense_disagreements) + ".")
     for group in comparison.groups:

@@ -356,6 +356,9 @@ def report_stage(
         },
         "wall_seconds": seconds,
         "torch_version": torch.__version__,
+        # The kernels' instruction set (AVX2, AVX512, ...): float results, and so a seed's training,
+        # are reproducible bit for bit only on the same one.
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
     write_json(run_dir / "report.json", report)
     if checks is not None and not checks["passed"]:

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from bmrs.train.metrics import mean_std
 from pipeline import cli
@@ -29,6 +30,8 @@ def test_summary_is_the_mean_and_std_over_seed_reports(seed_group):
     summary = json.loads((group_dir / "summary.json").read_text())
     assert summary["seeds"] == [0, 1] and summary["completed"] == [0, 1] and summary["failed"] == []
     runs = reports(group_dir, (0, 1))
+    # What a seed reproduces on: the torch build and the CPU kernels' instruction set.
+    assert {(run["torch_version"], run["cpu_capability"]) for run in runs} == {(torch.__version__, torch.backends.cpu.get_cpu_capability())}
     metrics = summary["metrics"]
     for section, key in [("pruned", "accuracy"), ("dense", "accuracy"), ("pruned", "nll"), ("dense", "ece"),
                          ("pruned", "compression"), ("pruned", "params"), ("dense", "flops"),
