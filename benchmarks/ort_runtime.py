@@ -129,11 +129,14 @@ def describe_machine() -> dict[str, object]:
     """Where the numbers came from; JSON-safe."""
     # platform.processor() is empty on most Linux systems; /proc/cpuinfo is not.
     processor = platform.processor()
-    if not processor and Path("/proc/cpuinfo").is_file():
-        lines = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines()
-        models = (ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name"))
-        processor = next(models, "")
+    lines = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines() if Path("/proc/cpuinfo").is_file() else []
+    if not processor:
+        processor = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "")
+    flags = set(next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), []))
     return {
+        # The widest vector extension the kernels may pick: the same VM name can sit on hosts with
+        # and without AVX-512, and latencies (and float results) differ between them.
+        "vector_isa": "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else ("unknown" if not flags else "older than AVX2"),
         "platform": platform.platform(),
         "processor": processor or platform.machine(),
         "machine": platform.machine(),

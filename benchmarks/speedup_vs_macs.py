@@ -161,7 +161,7 @@ def markdown(result: dict) -> str:
         "",
         f"ONNX Runtime {result['onnxruntime_version']} CPU provider, batch {result['batch_size']}, "
         f"{result['warmup']} warm-up and {result['repeats']} timed runs per model, dense and sliced interleaved; "
-        f"intra-op threads: {threads}. Machine: {machine.get('processor')}, {machine.get('usable_cpu_count')} usable "
+        f"intra-op threads: {threads}. Machine: {machine.get('processor')} ({machine.get('vector_isa')}), {machine.get('usable_cpu_count')} usable "
         f"of {machine.get('cpu_count')} CPUs. Input {'x'.join(map(str, result['input_shape']))}, "
         f"{result['num_classes']} classes, about {result['fraction']:.0%} of every group's channels removed.",
         "",

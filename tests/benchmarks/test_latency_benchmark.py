@@ -55,6 +55,7 @@ def test_report_describes_how_it_was_measured(report):
     assert d["input_shape"] == [32]
     assert d["machine"]["cpu_count"] >= 1
     assert d["machine"]["platform"] and d["machine"]["processor"]
+    assert d["machine"]["vector_isa"] in ("AVX-512", "AVX2", "older than AVX2", "unknown")
 
 
 def test_timed_runs_are_interleaved_round_robin(report):
