@@ -309,8 +309,8 @@ def _warn_of_differing_baselines(report_json: Path) -> None:
         return
     if disagreements:
         print(f"bmrs: warning: runs of the same seed were measured against different dense models (a retrained baseline "
-              f"did not reproduce the first, e.g. on a CPU of another instruction set): {' | '.join(disagreements)}; to compare on one, delete those runs' folders "
-              "and run the same command again", file=sys.stderr)
+              f"did not reproduce the first, e.g. on a CPU of another instruction set): {' | '.join(disagreements)}; to compare on one, delete the folders "
+              "of the runs on the other dense model and run the same command again", file=sys.stderr)
 
 
 def _report_key(title: str, run_dirs: list[Path]) -> str:

@@ -185,20 +185,27 @@ def layer_fractions(config: FlowConfig, data: DataBundle, directory: Path) -> di
     are those masks' sums."""
     checkpoint = Path(directory) / "train" / "checkpoint.pt"
     if checkpoint.is_file():
-        model = steps.restore(config, data, checkpoint, noisy=True)
-        return {name: (noise.num_structures - int(noise.mask.sum())) / noise.num_structures for name, noise in noise_modules(model).items()}
-    history_path = Path(directory) / "train" / "history.json"
-    try:
-        alive = json.loads(history_path.read_text())[-1]["alive"]
-    except (OSError, ValueError, LookupError, TypeError):
-        raise CheckpointError(
-            f"{directory}: neither train/checkpoint.pt nor a readable train/history.json with per-layer 'alive' counts; "
-            "re-run this method (delete its folder) so it has per-layer fractions to give"
-        ) from None
-    sizes = {name: noise.num_structures for name, noise in noise_modules(steps.build(config, data, noisy=True)).items()}
+        noises = noise_modules(steps.restore(config, data, checkpoint, noisy=True))
+        alive = {name: int(noise.mask.sum()) for name, noise in noises.items()}
+    else:
+        noises = noise_modules(steps.build(config, data, noisy=True))
+        alive = _final_alive(Path(directory) / "train" / "history.json", directory)
+    sizes = {name: noise.num_structures for name, noise in noises.items()}
     if not isinstance(alive, dict) or set(alive) != set(sizes):
+        history_path = Path(directory) / "train" / "history.json"
         raise CheckpointError(
             f"{history_path}: its 'alive' counts name other noise layers than flow {config.name!r} builds; "
             "re-run this method (delete its folder) so its fractions match the model"
         )
     return {name: (size - int(alive[name])) / size for name, size in sizes.items()}
+
+
+def _final_alive(history_path: Path, directory: Path) -> Any:
+    """The last epoch's per-noise-layer ``alive`` counts of a training history."""
+    try:
+        return json.loads(history_path.read_text())[-1]["alive"]
+    except (OSError, ValueError, LookupError, TypeError):
+        raise CheckpointError(
+            f"{directory}: neither train/checkpoint.pt nor a readable train/history.json with per-layer 'alive' counts; "
+            "re-run this method (delete its folder) so it has per-layer fractions to give"
+        ) from None
