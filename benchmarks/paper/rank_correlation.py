@@ -44,7 +44,7 @@ from benchmarks.paper.experiment import (
 )
 from benchmarks.plots import heatmap
 from bmrs.artifacts import write_json
-from bmrs.criteria import CRITERIA, LayerView, build_criterion
+from bmrs.criteria import CRITERIA, LayerView, build_criterion, ranking_criteria
 from bmrs.data import DataBundle
 from bmrs.nn.noise import noise_modules
 from bmrs.train.metrics import mean_std
@@ -68,9 +68,9 @@ class ScoredCriterion:
 
 
 def scored_criteria() -> list[ScoredCriterion]:
-    """Every registered criterion (its ``VARIANTS`` if it has some), in registry order."""
+    """Every registered criterion with its own ranking (its ``VARIANTS`` if it has some), in registry order."""
     entries = []
-    for name in CRITERIA:
+    for name in ranking_criteria():
         for variant in VARIANTS.get(name, ({},)):
             suffix = "-".join(f"{value:g}" if isinstance(value, float) else str(value) for value in variant.values())
             built = build_criterion(name, **variant)  # its defaults, those from factories included

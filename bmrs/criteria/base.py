@@ -120,6 +120,14 @@ def register_criterion(name: str) -> Callable[[type], type]:
     return add
 
 
+def ranking_criteria() -> dict[str, type]:
+    """The registered criteria whose scores are their own: those a list of every criterion's
+    rankings (post-training curves, rank correlations) shows. A criterion that only applies another's
+    ranking differently (``snr_ratio``: snr's scores at fixed fractions) names it in the class
+    attribute ``same_ranking_as`` and is left out."""
+    return {name: cls for name, cls in CRITERIA.items() if getattr(cls, "same_ranking_as", None) is None}
+
+
 def criterion_settings(name: str) -> dict[str, Any]:
     """The settings a criterion takes, with their defaults."""
     cls = _lookup(name)

@@ -6,7 +6,9 @@ SNR and E[theta]: the largest member's value, so a channel goes only when every 
 would lose it on its own (its members scale different addends of a sum, not one chain, so a
 product would call a channel weak that one addend still carries). L2 and gradient: the norm over
 the whole group's incoming weights (the root of the members' summed squares), as torch-pruning's
-group importance does; the fraction is then removed from the group's channels."""
+group importance does; the fraction is then removed from the group's channels. SNR at fixed
+fractions (``snr_ratio``) ranks by the SNR score and removes fractions as L2 does: SNR at the widths
+another criterion reached, where ``snr`` finds its own through its threshold."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -36,7 +38,7 @@ class SignalToNoise:
 
     def decide(self, view: GroupView | LayerView) -> Decision:
         group = as_group(view)
-        snr = _largest([member.noise.snr().detach().double() for member in group.members])
+        snr = _group_snr(group)
         return with_history(group, snr, snr < self.threshold)
 
 
@@ -56,6 +58,10 @@ class ExpectedNoise:
         group = as_group(view)
         mean = _largest([member.noise.mean().detach().double() for member in group.members])
         return with_history(group, mean, mean < self.threshold)
+
+
+def _group_snr(group: GroupView) -> Tensor:
+    return _largest([member.noise.snr().detach().double() for member in group.members])
 
 
 def _largest(per_member: list[Tensor]) -> Tensor:
@@ -146,3 +152,21 @@ class GradientNorm(_FractionPerLayer):
         # grad_sq is already a sum of squares per structure: a group's is the members' total.
         summed = torch.stack([member.grad_sq.detach().double() for member in group.members]).sum(dim=0)
         return lowest_fraction(group, summed.sqrt(), self.ratio_for(group.name))
+
+
+@register_criterion("snr_ratio")
+@dataclass(frozen=True)
+class SignalToNoiseFraction(_FractionPerLayer):
+    """SNR ranking at fixed sizes: remove ``ratio`` of each layer's structures (or its
+    ``layer_ratios`` entry), lowest SNR first. ``bmrs compare`` gives it another method's per-layer
+    fractions, so that SNR's ranking is compared with L2's and BMRS's at the same widths."""
+
+    needs_gradients: ClassVar[bool] = False
+    prunes_at_evidence_boundary: ClassVar[bool] = False
+    # Its scores are snr's: lists of every criterion's scores or curves show them once, as snr.
+    same_ranking_as: ClassVar[str] = "snr"
+
+    def decide(self, view: GroupView | LayerView) -> Decision:
+        group = as_group(view)
+        snr = _group_snr(group)
+        return lowest_fraction(group, snr, self.ratio_for(group.name))

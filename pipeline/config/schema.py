@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 from benchmarks.energy_pair import EnergyRunConfig
 from benchmarks.latency import LatencyConfig
-from bmrs.criteria import CRITERIA, Criterion, check_criterion, criterion_from, criterion_name, settings_of
+from bmrs.criteria import CRITERIA, Criterion, check_criterion, criterion_from, criterion_name, ranking_criteria, settings_of
 from bmrs.data import DATASETS, DEFAULT_ROOTS, DataConfig, root_hint
 from bmrs.models import MODELS, ModelConfig, NoiseInit
 from bmrs.train.post_training import PostTrainingConfig
@@ -54,15 +54,15 @@ class BaselineConfig:
 
 
 def _every_criterion() -> tuple[Criterion, ...]:
-    return tuple(cls() for cls in CRITERIA.values())
+    return tuple(cls() for cls in ranking_criteria().values())
 
 
 @dataclass(frozen=True)
 class PostTrainingSection:
     """Post-training pruning curves (paper section 5): one noisy model trained without pruning, then
     pruned progressively by each criterion's ranking. ``criteria`` lists criteria as ``train.criterion``
-    takes them (``[bmrs_n, {name: bmrs_u, p1: 4}, l2]``); default: every registered one at its
-    defaults. ``epochs`` None: ``train.epochs``; like it, ``epochs`` counts in ``train.schedule_unit``
+    takes them (``[bmrs_n, {name: bmrs_u, p1: 4}, l2]``); default: every registered one with a
+    ranking of its own (``ranking_criteria``: not snr_ratio, whose curve is snr's) at its defaults. ``epochs`` None: ``train.epochs``; like it, ``epochs`` counts in ``train.schedule_unit``
     (it becomes that training's ``epochs``); the learning rate, batch size and seed are the ``train``
     section's."""
 

@@ -58,7 +58,8 @@ def test_every_registered_criterion_is_scored_and_bmrs_u_twice(monkeypatch):
 
     monkeypatch.setitem(CRITERIA, "constant_for_test", Constant)
     entries = {entry.label: entry for entry in scored_criteria()}
-    assert set(entries) == (set(CRITERIA) - {"bmrs_u"}) | {"bmrs_u-8", "bmrs_u-4"}
+    # snr_ratio ranks as snr: scored once, as snr.
+    assert set(entries) == (set(CRITERIA) - {"bmrs_u", "snr_ratio"}) | {"bmrs_u-8", "bmrs_u-4"}
     assert entries["bmrs_u-4"].settings == {"p1": 4.0, "p2": 23.0}
     assert entries["l2"].settings == criterion_settings("l2")
     assert entries["constant_for_test"].settings == {}

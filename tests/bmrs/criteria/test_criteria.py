@@ -16,6 +16,7 @@ from bmrs.criteria import (
     LayerView,
     build_criterion,
     criterion_settings,
+    ranking_criteria,
     register_criterion,
 )
 from bmrs.nn.noise import LogNormalNoise
@@ -42,6 +43,10 @@ def make_view(name: str, noise: LogNormalNoise, source: nn.Module | None = None,
         torch.manual_seed(0)
         source = nn.Linear(5, noise.num_structures)
     return LayerView(name, noise, source, grad_sq)
+
+
+# The criteria that remove a fraction per layer (every one with ``layer_ratios``).
+FRACTION_CRITERIA = sorted(name for name in CRITERIA if "layer_ratios" in criterion_settings(name))
 
 
 def decide(criterion_name: str, noise: LogNormalNoise, source: nn.Module | None = None, **settings) -> Decision:
@@ -233,30 +238,53 @@ def test_grad_uses_gradient_norm_and_requires_it():
         criterion.decide(make_view("layer", noise))
 
 
+def _noise_ranked_like(values: list[float]) -> LogNormalNoise:
+    """Noise whose SNR increases with ``values`` (sigma = 1 / value at mu = 0)."""
+    return make_noise([(0.0, -math.log(value)) for value in values])
+
+
+def test_snr_ratio_ranks_by_snr_at_a_fraction():
+    noise = _noise_ranked_like(NORMS)
+    snr = noise.snr().detach().double()
+    decision = decide("snr_ratio", noise, ratio=0.3)
+    assert sorted(torch.nonzero(decision.prune).flatten().tolist()) == [1, 3, 5]
+    assert torch.equal(decision.scores, decide("snr", noise).scores), "its scores are snr's"
+    assert torch.equal(decision.scores, snr)
+    # The fraction counts the whole layer: with the highest-SNR unit gone, two more go.
+    noise = make_noise([(0.0, -math.log(value)) for value in NORMS], pruned=[9])
+    assert sorted(torch.nonzero(decide("snr_ratio", noise, ratio=0.3).prune).flatten().tolist()) == [1, 5, 9]
+
+
+def test_ranking_criteria_leave_out_only_the_ones_that_reuse_a_ranking():
+    ranking = ranking_criteria()
+    assert "snr_ratio" not in ranking and CRITERIA["snr_ratio"].same_ranking_as in ranking
+    assert list(ranking) == [name for name in CRITERIA if name != "snr_ratio"], "registry order is kept"
+
+
 @pytest.mark.parametrize("ratio", [-0.1, 1.0, 1.5])
-@pytest.mark.parametrize("name", ["l2", "grad"])
+@pytest.mark.parametrize("name", FRACTION_CRITERIA)
 def test_ratio_out_of_range(name, ratio):
     with pytest.raises(ValueError):
         build_criterion(name, ratio=ratio)
 
 
-@pytest.mark.parametrize("name", ["l2", "grad"])
+@pytest.mark.parametrize("name", FRACTION_CRITERIA)
 def test_layer_ratios_default_is_unset(name):
     assert criterion_settings(name)["layer_ratios"] is None
 
 
-@pytest.mark.parametrize("name", ["l2", "grad"])
+@pytest.mark.parametrize("name", FRACTION_CRITERIA)
 def test_layer_ratios_override_ratio_per_layer(name):
     criterion = build_criterion(name, ratio=0.9, layer_ratios={"wide": 0.3, "narrow": 0.0})
     source = _linear_with_row_norms(NORMS)
     grad_sq = torch.tensor(NORMS, dtype=torch.float64) ** 2  # the same ranking through the gradient route
-    wide = criterion.decide(make_view("wide", make_noise([(0.0, -5.0)] * 10), source, grad_sq))
+    wide = criterion.decide(make_view("wide", _noise_ranked_like(NORMS), source, grad_sq))  # and through SNR
     assert sorted(torch.nonzero(wide.prune).flatten().tolist()) == [1, 3, 5]
-    narrow = criterion.decide(make_view("narrow", make_noise([(0.0, -5.0)] * 10), source, grad_sq))
+    narrow = criterion.decide(make_view("narrow", _noise_ranked_like(NORMS), source, grad_sq))
     assert not narrow.prune.any(), "ratio=0.9 must not apply to a layer that layer_ratios names"
 
 
-@pytest.mark.parametrize("name", ["l2", "grad"])
+@pytest.mark.parametrize("name", FRACTION_CRITERIA)
 def test_layer_ratios_missing_layer_names_it_and_the_fix(name):
     criterion = build_criterion(name, layer_ratios={"known": 0.5})
     view = make_view("absent", make_noise([(0.0, -5.0)] * 4), grad_sq=torch.ones(4))
@@ -265,7 +293,7 @@ def test_layer_ratios_missing_layer_names_it_and_the_fix(name):
 
 
 @pytest.mark.parametrize("bad", [1.0, -0.2, 3])
-@pytest.mark.parametrize("name", ["l2", "grad"])
+@pytest.mark.parametrize("name", FRACTION_CRITERIA)
 def test_layer_ratios_values_are_checked(name, bad):
     with pytest.raises(ValueError, match=r"layer_ratios\['b'\].*\[0, 1\)"):
         build_criterion(name, layer_ratios={"a": 0.5, "b": bad})

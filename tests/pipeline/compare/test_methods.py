@@ -31,6 +31,8 @@ def base(flows):
         # Fixed-fraction criteria prune at bmrs_n's per-layer fractions unless given a fraction.
         ("l2", "l2", {"name": "l2"}, True),
         ("grad", "grad", {"name": "grad"}, True),
+        ("snr_ratio", "snr_ratio", {"name": "snr_ratio"}, True),
+        ("snr_ratio:ratio=0.4", "snr_ratio-ratio=0.4", {"name": "snr_ratio", "ratio": 0.4}, False),
         ("l2:ratio=0.3", "l2-ratio=0.3", {"name": "l2", "ratio": 0.3}, False),
         ("l2:layer_ratios={1.noise: 0.5, 3.noise: 0.25}", "l2-layer_ratios=__1.noise__0.5__3.noise__0.25_",
          {"name": "l2", "layer_ratios": {"1.noise": 0.5, "3.noise": 0.25}}, False),
@@ -70,7 +72,7 @@ def test_a_bad_spec_is_one_line_naming_it_and_the_known_methods(base, spec, prob
     message = str(raised.value)
     assert "\n" not in message and message.startswith(f"--methods {spec!r}: ")
     assert problem in message or problem.strip("'") in message
-    assert "known methods: none, bmrs_n, bmrs_u, snr, etheta, l2, grad" in message
+    assert "known methods: none, bmrs_n, bmrs_u, snr, etheta, l2, grad, snr_ratio" in message
 
 
 def test_a_bad_setting_reads_as_the_same_set_override_does(flows, base):
@@ -118,10 +120,10 @@ def test_a_method_at_the_ratio_source_gets_its_fractions_as_layer_ratios(base):
 
 
 def test_widths_of_another_method_makes_it_the_ratio_source(base):
-    methods, added = parse_methods(["l2", "none", "grad"], base, "bmrs_u:4")
-    assert [m.label for m in methods] == ["none", "bmrs_u-p1=4", "l2", "grad"] and added.label == "bmrs_u-p1=4"
-    assert [m.is_ratio_source for m in methods] == [False, True, False, False]
-    assert [m.to_dict()["layer_ratios_from"] for m in methods] == [None, None, "bmrs_u:4", "bmrs_u:4"]
+    methods, added = parse_methods(["l2", "snr_ratio", "none", "grad"], base, "bmrs_u:4")
+    assert [m.label for m in methods] == ["none", "bmrs_u-p1=4", "l2", "snr_ratio", "grad"] and added.label == "bmrs_u-p1=4"
+    assert [m.is_ratio_source for m in methods] == [False, True, False, False, False]
+    assert [m.to_dict()["layer_ratios_from"] for m in methods] == [None, None, "bmrs_u:4", "bmrs_u:4", "bmrs_u:4"]
     # Listed under another spelling, the listed run is the source; bmrs_n is then an ordinary method.
     methods, added = parse_methods(["bmrs_n", "bmrs_u:p1=4", "l2"], base, "bmrs_u:4")
     assert [(m.label, m.is_ratio_source) for m in methods] == [("bmrs_n", False), ("bmrs_u-p1=4", True), ("l2", False)]
@@ -130,7 +132,7 @@ def test_widths_of_another_method_makes_it_the_ratio_source(base):
         method_config(base, methods[2], 3)
 
 
-@pytest.mark.parametrize("source", ["none", "l2", "grad", "bmr_weights", "bmrs_n+bmr_weights", "nothing"])
+@pytest.mark.parametrize("source", ["none", "l2", "grad", "snr_ratio", "bmr_weights", "bmrs_n+bmr_weights", "nothing"])
 def test_widths_of_a_method_without_fractions_of_its_own_is_refused(base, source):
     with pytest.raises(ValueError, match="--widths-of") as error:
         parse_methods(["l2"], base, source)

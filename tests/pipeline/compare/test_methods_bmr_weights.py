@@ -62,7 +62,7 @@ def test_a_bad_weights_spec_is_one_line_naming_it_and_the_known_methods(base, sp
         parse_method(spec, base)
     message = str(raised.value)
     assert "\n" not in message and message.startswith(f"--methods {spec!r}: ") and problem in message
-    assert "known methods: none, bmrs_n, bmrs_u, snr, etheta, l2, grad, bmr_weights" in message
+    assert "known methods: none, bmrs_n, bmrs_u, snr, etheta, l2, grad, snr_ratio, bmr_weights" in message
 
 
 def test_run_order_labels_and_the_ratio_source(base):

@@ -230,11 +230,13 @@ def test_bad_model_and_data_settings(factory_dir, override, fragment):
 
 
 def test_post_training_section_defaults_and_the_shipped_flow():
-    from bmrs.criteria import CRITERIA
+    from bmrs.criteria import ranking_criteria
 
     default = load_flow(REPO_FLOWS, "default")
     assert default.post_training.enabled is False  # the default flow's stages are unchanged
-    assert default.post_training.criteria == tuple(cls() for cls in CRITERIA.values())
+    # Every criterion with a ranking of its own: snr_ratio's curve would be snr's.
+    assert default.post_training.criteria == tuple(cls() for cls in ranking_criteria().values())
+    assert "snr_ratio" not in [type(c).registry_name for c in default.post_training.criteria]
     flow = load_flow(REPO_FLOWS, "lenet5_fmnist_post_training")
     section = flow.post_training
     assert section.enabled and section.steps == 10 and section.finetune_epochs == 1 and section.epochs is None
@@ -261,7 +263,7 @@ def test_post_training_overrides_reach_the_library_config():
 @pytest.mark.parametrize(
     "override, fragment",
     [
-        ("post_training.criteria=[magic]", "unknown pruning criterion 'magic'; choose one of ['bmrs_n', 'bmrs_u', 'etheta', 'grad', 'l2', 'snr']"),
+        ("post_training.criteria=[magic]", "unknown pruning criterion 'magic'; choose one of ['bmrs_n', 'bmrs_u', 'etheta', 'grad', 'l2', 'snr', 'snr_ratio']"),
         ("post_training.criteria=[none]", "'none' is not a criterion"),
         ("post_training.criteria=[]", "criteria is empty"),
         ("post_training.criteria=[l2, l2]", "names a criterion twice"),
