@@ -1,5 +1,6 @@
-"""One real ``bmrs compare`` (none, bmrs_n, l2; one seed) through the CLI's own run path: the dense
-baseline is trained once and every run holds that very file; l2 ends at bmrs_n's per-layer sizes."""
+"""One real ``bmrs compare`` (none, bmrs_n, l2, snr_ratio; one seed) through the CLI's own run path:
+the dense baseline is trained once and every run holds that very file; l2 and snr_ratio end at
+bmrs_n's per-layer sizes."""
 from __future__ import annotations
 
 import json
@@ -27,7 +28,7 @@ def test_compare_trains_the_dense_baseline_once_and_shares_it_bit_for_bit(tmp_pa
     flows = write_flows(tmp_path)
     write_blobs(tmp_path / "blobs.npz", train=480, test=200)
     sets = [arg for setting in SETTINGS for arg in ("--set", setting)]
-    command = [sys.executable, "-m", "pipeline.compare", str(flows), "--flow", FLOW, "--methods", "l2", "none", "--seeds", "0",
+    command = [sys.executable, "-m", "pipeline.compare", str(flows), "--flow", FLOW, "--methods", "l2", "snr_ratio", "none", "--seeds", "0",
                "--no-progress", *sets]  # fmt: skip
 
     def compare() -> subprocess.CompletedProcess:
@@ -36,13 +37,13 @@ def test_compare_trains_the_dense_baseline_once_and_shares_it_bit_for_bit(tmp_pa
     result = compare()
     out = tmp_path / "runs" / FLOW / "compare"
     states = {row["method"]: row["state"] for row in json.loads((out / "compare.json").read_text())["runs"]}
-    assert states == {"none": "completed", "bmrs_n": "completed", "l2": "completed"}, result.stderr
+    assert states == {"none": "completed", "bmrs_n": "completed", "l2": "completed", "snr_ratio": "completed"}, result.stderr
     assert result.returncode == 0, result.stderr
-    assert "running bmrs_n too: l2 prune at its per-layer fractions" in result.stdout
+    assert "running bmrs_n too: l2, snr_ratio prune at its per-layer fractions" in result.stdout
     assert result.stdout.count("dense baseline of seed 0: training once") == 1
     assert f"comparison report {out / 'report.md'}" in result.stdout
 
-    runs = {label: out / label / "seed0" for label in ("none", "bmrs_n", "l2")}
+    runs = {label: out / label / "seed0" for label in ("none", "bmrs_n", "l2", "snr_ratio")}
     dense = out / "dense" / "seed0" / "baseline" / "checkpoint.pt"
     dense_bytes = dense.read_bytes()
     holders = [run / "baseline" / "checkpoint.pt" for run in runs.values()] + [runs["none"] / "train" / "checkpoint.pt"]
@@ -52,20 +53,21 @@ def test_compare_trains_the_dense_baseline_once_and_shares_it_bit_for_bit(tmp_pa
     # One dense reference: every report measured the same model; the dense method's model is it.
     for report in reports.values():
         report["dense"]["onnx"].pop("path")  # each run exports its own dense.onnx
-    for label in ("bmrs_n", "l2"):
+    for label in ("bmrs_n", "l2", "snr_ratio"):
         assert reports[label]["dense"] == reports["none"]["dense"]
     assert reports["none"]["pruned"]["accuracy"] == reports["none"]["dense"]["accuracy"]
 
-    # l2 removed, per noise layer, the fraction the bmrs_n run's final masks had removed.
+    # l2 and snr_ratio removed, per noise layer, the fraction the bmrs_n run's final masks had removed.
     base = load_flow(flows, FLOW, SETTINGS)
     data = steps.load_data(base)
     masked = steps.restore(base, data, runs["bmrs_n"] / "train" / "checkpoint.pt", noisy=True)
     fractions = {name: (noise.num_structures - int(noise.mask.sum())) / noise.num_structures for name, noise in noise_modules(masked).items()}
     assert 0 < fractions["1.noise"] < 1  # part of the layer: l2 has something to match
-    criterion = json.loads((runs["l2"] / "config.json").read_text())["train"]["criterion"]
-    assert criterion["name"] == "l2" and criterion["layer_ratios"] == fractions
-    assert reports["l2"]["pruned"]["widths"] == reports["bmrs_n"]["pruned"]["widths"]
-    assert reports["l2"]["pruned"]["params"] == reports["bmrs_n"]["pruned"]["params"]
+    for label in ("l2", "snr_ratio"):
+        criterion = json.loads((runs[label] / "config.json").read_text())["train"]["criterion"]
+        assert criterion["name"] == label and criterion["layer_ratios"] == fractions
+        assert reports[label]["pruned"]["widths"] == reports["bmrs_n"]["pruned"]["widths"]
+        assert reports[label]["pruned"]["params"] == reports["bmrs_n"]["pruned"]["params"]
     # Results kept without their checkpoints (as committed) still give the same fractions: the
     # training history's last 'alive' counts are the final masks' sums.
     kept = tmp_path / "kept_without_checkpoints"
@@ -77,5 +79,5 @@ def test_compare_trains_the_dense_baseline_once_and_shares_it_bit_for_bit(tmp_pa
     before = {path: path.read_bytes() for run in runs.values() for path in (run / "report.json", run / "train" / "checkpoint.pt")}
     again = compare()
     assert again.returncode == 0, again.stderr
-    assert again.stdout.count("finished before, reusing") == 3 and "training once" not in again.stdout
+    assert again.stdout.count("finished before, reusing") == 4 and "training once" not in again.stdout
     assert all(path.read_bytes() == content for path, content in before.items())
