@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from pipeline.config import FlowConfig
 
 EXIT_BAD_INPUT = 2
-RATIO_SOURCE = "bmrs_n"  # --widths-of's default: l2 and grad prune at BMRS_N's per-layer fractions, as in the paper
+RATIO_SOURCE = "bmrs_n"  # --widths-of's default: l2, grad and snr_ratio prune at BMRS_N's per-layer fractions, as in the paper
 EXIT_FAILED = 1  # some run has no report (compare.json and the report say why)
 EXIT_DEGRADED = 3  # every run has a report, but some model failed a sanity bound
 
@@ -64,7 +64,7 @@ def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="none, a criterion (bmrs_n), name:VALUE for bmrs_u's p1 (bmrs_u:8), or name:key=value[,key=value]")
     parser.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="train.seed values (default: the flow's)")
     parser.add_argument("--widths-of", metavar="METHOD",
-                        help=f"the method whose per-layer fractions l2 and grad prune at, per seed (default: {RATIO_SOURCE}, "
+                        help=f"the method whose per-layer fractions l2, grad and snr_ratio prune at, per seed (default: {RATIO_SOURCE}, "
                         "as in the paper; e.g. bmrs_u:4 where exact BMRS_N removes nothing)")  # fmt: skip
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override any setting of the flow, for every run, e.g. --set train.epochs=3")
@@ -92,7 +92,7 @@ class Comparison:
     data: DataBundle
     data_digest: str = ""  # pipeline.cache.data_digest(data): part of every run's reuse key
     model_label: str | None = None  # with --models: this comparison's model (its folder under --out)
-    ratio_source: str = RATIO_SOURCE  # --widths-of: the method l2 and grad take their per-layer fractions from
+    ratio_source: str = RATIO_SOURCE  # --widths-of: the method l2, grad and snr_ratio take their per-layer fractions from
 
     @property
     def prefix(self) -> str:

@@ -11,7 +11,7 @@ Every spec is checked by building the flow's ``FlowConfig`` with it, through the
 train.criterion=...`` goes through, so a bad setting is refused with the same words, before
 anything is written.
 
-A criterion with ``layer_ratios`` (l2, grad) given neither ``ratio`` nor ``layer_ratios`` prunes, per
+A criterion with ``layer_ratios`` (l2, grad, snr_ratio) given neither ``ratio`` nor ``layer_ratios`` prunes, per
 noise layer, the fraction the same seed's ``bmrs_n`` run ended with (the paper's protocol, as in
 ``benchmarks.paper.table1``): ``Method.at_ratio_source``; the fractions are filled in per seed.
 ``bmrs compare --widths-of SPEC`` takes them from another method's run instead (``bmrs_u:4``, on
@@ -185,7 +185,7 @@ def _parse_one(spec: str, text: str, base: FlowConfig) -> Method:
 def parse_methods(specs: Sequence[str], base: FlowConfig, ratio_source: str = RATIO_SOURCE) -> tuple[list[Method], Method | None]:
     """The methods in run order (dense first, methods at the ratio source's fractions last) and the
     ratio source that had to be added for them (None when listed or not needed). ``ratio_source`` is
-    the spec of the method whose per-layer fractions l2 and grad prune at (``--widths-of``)."""
+    the spec of the method whose per-layer fractions l2, grad and snr_ratio prune at (``--widths-of``)."""
     if not specs:
         raise ValueError(f"--methods needs at least one method, e.g. --methods none bmrs_n l2; {known_methods()}")
     methods = [parse_method(spec, base) for spec in specs]
@@ -222,8 +222,8 @@ def _ratio_source(spec: str, base: FlowConfig) -> Method:
     except ValueError as error:
         raise ValueError(f"--widths-of: {error}") from None
     if source.criterion is None or source.sparsify or source.at_ratio_source:
-        raise ValueError(f"--widths-of {spec!r}: l2 and grad take their per-layer fractions from a method that prunes "
-                         "structures by itself, e.g. bmrs_n or bmrs_u:4 (not none, bmr_weights, +bmr_weights, l2 or grad)")  # fmt: skip
+        raise ValueError(f"--widths-of {spec!r}: l2, grad and snr_ratio take their per-layer fractions from a method that prunes "
+                         "structures by itself, e.g. bmrs_n or bmrs_u:4 (not none, bmr_weights, +bmr_weights, l2, grad or snr_ratio)")  # fmt: skip
     return source
 
 

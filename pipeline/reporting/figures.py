@@ -38,7 +38,7 @@ PER_LAYER = "per layer"  # what a label shows for layer_ratios, the per-layer fr
 
 def comparable_settings(report: Mapping[str, Any]) -> dict[str, Any]:
     """``criterion_settings`` as a comparison groups and labels runs: per-layer ratios (``bmrs
-    compare``'s l2 and grad, at another method's fractions of the same seed) stand as ``per layer``,
+    compare``'s l2, grad and snr_ratio, at another method's fractions of the same seed) stand as ``per layer``,
     so one method at each seed's own fractions is one group, and a label stays one line."""
     settings = criterion_settings(report)
     if isinstance(settings.get("layer_ratios"), Mapping):
