@@ -22,8 +22,9 @@ from pipeline.reporting.load import COMPARISON_KIND, Run, is_run_dir, load_run
 from pipeline.reporting.plots import Bars, Cloud, bar_plot, scatter_plot
 from pipeline.reporting.text import json_safe, number, settings_text
 
-# Settings a group's runs may differ in without being different experiments.
-_SEED_ONLY = ("train.seed", "train.progress", "output.", "name")
+# Settings a group's runs may differ in without being different experiments. Per-layer fractions
+# differ by design in a group labelled ``layer_ratios=per layer``: each seed's are its ratio source's.
+_SEED_ONLY = ("train.seed", "train.progress", "output.", "name", "train.criterion.layer_ratios.")
 _VARYING = ("dataset", "model", "kl_weighting", "finetune_noise")  # added to a label when they vary
 UNITS = {
     "accuracy": "fraction of test examples",

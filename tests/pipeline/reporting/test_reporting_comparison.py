@@ -174,6 +174,10 @@ def test_aggregate_and_config_differences():
     configs = [{"train": {"seed": 0, "lr": 0.1}, "output": {"runs_dir": "a"}},
                {"train": {"seed": 1, "lr": 0.2}, "output": {"runs_dir": "b"}}]
     assert config_differences(configs) == ["train.lr"]
+    # Fractions per layer taken from each seed's ratio source are what the group is, not a difference.
+    at_widths = [{"train": {"seed": seed, "criterion": {"name": "l2", "layer_ratios": {"a": fraction}}}}
+                 for seed, fraction in ((0, 0.5), (1, 0.25))]  # fmt: skip
+    assert config_differences(at_widths) == []
 
 
 def test_a_run_directory_is_refused_as_the_output(written):
